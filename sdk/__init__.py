@@ -1,0 +1,1 @@
+"""TenSafe SDK: the client side. Must not import torch."""

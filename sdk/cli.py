@@ -1,0 +1,2 @@
+def main() -> None:
+    raise SystemExit("tensafe CLI: not yet wired")
