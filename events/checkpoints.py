@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from tensafe.events import codec
-from tensafe.events.checkpoint_format import checkpoint_body, parse_checkpoint_body
+from tensafe.events.checkpoint_format import checkpoint_body, ledger_origin, parse_checkpoint_body
 
 CHECKPOINT_SCHEMA = "tensafe.ledger.Checkpoint"
 
@@ -41,13 +41,9 @@ class CheckpointRecord:
         return cls(**codec.decode_as(CHECKPOINT_SCHEMA, raw))
 
 
-def origin(ledger_id: str, partition: int) -> str:
-    return f"tensafe.ledger/{ledger_id}/{partition}"
-
-
 def make_checkpoint(signer, ledger_id: str, partition: int, size: int, root: bytes, head: bytes) -> CheckpointRecord:
     ts_ms = int(time.time() * 1000)
-    body = checkpoint_body(origin(ledger_id, partition), size, root, head, ts_ms)
+    body = checkpoint_body(ledger_origin(ledger_id, partition), size, root, head, ts_ms)
     public = signer.public_key()
     return CheckpointRecord(
         partition=partition,
