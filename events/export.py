@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import fastavro
-
 from tensafe.events import codec, kafka_io
 from tensafe.events.checkpoints import CheckpointRecord
-from tensafe.events.topics import CHECKPOINTS, LEDGER
+from tensafe.events.topics import CHECKPOINTS, LEDGER, partition_counts
 
 EXPORT_SCHEMA = "tensafe.export.ExportedRecord"
 
@@ -45,8 +44,10 @@ class LedgerSnapshot:
 
 async def collect(bootstrap: str, topic_prefix: str = "") -> LedgerSnapshot:
     snap = LedgerSnapshot()
-    for kind, name in (("ledger", topic_prefix + LEDGER), ("checkpoints", topic_prefix + CHECKPOINTS)):
-        for partition in range(await kafka_io.partition_count(bootstrap, name)):
+    names = {"ledger": topic_prefix + LEDGER, "checkpoints": topic_prefix + CHECKPOINTS}
+    counts = await partition_counts(bootstrap, names.values())
+    for kind, name in names.items():
+        for partition in range(counts[name]):
             if kind == "ledger":
                 snap.ledger.setdefault(partition, [])
             async for rec in kafka_io.read_partition(bootstrap, name, partition):

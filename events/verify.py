@@ -110,7 +110,7 @@ def _classify(
         return Finding("modified", p, offset, s, f"record does not decode as this partition's envelope ({reason})")
     if h.seq == s:  # right position, wrong link
         if nxt is not None and _links(nxt[1], s, t, p):
-            return Finding("inserted", p, offset, s, "an extra record claims seq %d; the next record continues the chain" % s)
+            return Finding("inserted", p, offset, s, f"an extra record claims seq {s}; the next record continues the chain")
         if nxt is not None and _links(nxt[1], s + 1, event_hash(h.prev_hash, raw), p):
             return Finding(
                 "modified", p, prev_offset, s - 1, f"the record at seq {s - 1} changed: its hash no longer matches the link in seq {s}"

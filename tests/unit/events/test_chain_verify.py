@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tensafe.events.chain import CLAIM_TYPE, ChainState, Verdict, event_hash, genesis_hash
 from tensafe.events.envelope import decode_envelope, make_envelope, read_header
 from tensafe.events.verify import verify_partition
