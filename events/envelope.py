@@ -112,17 +112,33 @@ def read_header(raw: bytes, fingerprint: bytes | None = None) -> Header:
     fp = fingerprint or envelope_fingerprint()
     if raw[:2] != codec.SOE_MAGIC or raw[2:10] != fp:
         raise HeaderError("not a tensafe.ledger.Envelope (magic or schema fingerprint differs)")
+    if len(raw) < 47:
+        raise HeaderError("record too short")
     try:
-        prev_hash = raw[10:42]
-        if len(prev_hash) != 32:
-            raise HeaderError("record too short")
-        partition, pos = _zigzag(raw, 42)
+        # One-byte varints (values -64..63) are the common case; inline them (verify speed).
+        pos = 42
+        b = raw[pos]
+        if b < 0x80:
+            partition = (b >> 1) ^ -(b & 1)
+            pos += 1
+        else:
+            partition, pos = _zigzag(raw, pos)
         seq, pos = _zigzag(raw, pos)
-        epoch, pos = _zigzag(raw, pos)
-        n, pos = _zigzag(raw, pos)
+        b = raw[pos]
+        if b < 0x80:
+            epoch = (b >> 1) ^ -(b & 1)
+            pos += 1
+        else:
+            epoch, pos = _zigzag(raw, pos)
+        b = raw[pos]
+        if b < 0x80:
+            n = (b >> 1) ^ -(b & 1)
+            pos += 1
+        else:
+            n, pos = _zigzag(raw, pos)
         if n < 0 or pos + n > len(raw):
             raise HeaderError("bad event_type length")
         event_type = raw[pos : pos + n].decode()
     except (IndexError, UnicodeDecodeError) as exc:
         raise HeaderError(f"truncated or corrupt header: {exc}") from exc
-    return Header(bytes(prev_hash), partition, seq, epoch, event_type)
+    return Header(raw[10:42], partition, seq, epoch, event_type)
