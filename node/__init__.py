@@ -1,0 +1,1 @@
+"""TenSafe node: composes broker, trainer worker, gateway and projector into one process."""
