@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt --only-binary=cryptography
 
-.PHONY: install test test-unit test-integration lint bench demo clean
+.PHONY: install test test-unit test-integration lint bench demo up clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,12 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench.run_all
+
+demo: install
+	$(BIN)/python scripts/demo.py
+
+up: install
+	$(BIN)/tensafe up
 
 clean:
 	rm -rf build *.egg-info reports .pytest_cache
