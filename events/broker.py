@@ -225,7 +225,9 @@ class _Spawner:
     """
 
     def __init__(self) -> None:
-        self._q: queue.SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]], Future[Any]]] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]], Future[Any]]] = (
+            queue.SimpleQueue()
+        )
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -238,7 +240,9 @@ class _Spawner:
                 except BaseException as e:  # noqa: BLE001 - handed to the caller
                     fut.set_exception(e)
 
-    def spawn(self, argv: list[str], *, env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: list[str], *, env: dict[str, str], cwd: Path, log_path: Path
+    ) -> subprocess.Popen[bytes]:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="tensafe-broker-spawner", daemon=True)
@@ -319,7 +323,9 @@ def _tail(path: Path, n: int = 25) -> str:
 # --------------------------------------------------------------------------- probes
 
 
-def _kafka_request(host: str, port: int, api_key: int, api_version: int, body: bytes, timeout: float) -> bytes:
+def _kafka_request(
+    host: str, port: int, api_key: int, api_version: int, body: bytes, timeout: float
+) -> bytes:
     """One Kafka request with a v1 request header; returns the response after the correlation id."""
     corr = random.randint(1, 2**31 - 1)
     client_id = b"tensafe-probe"
@@ -405,14 +411,18 @@ class _ContextMixin:
         self.start()  # type: ignore[attr-defined]
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()  # type: ignore[attr-defined]
 
     async def __aenter__(self) -> Self:
         await self.astart()  # type: ignore[attr-defined]
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.astop()  # type: ignore[attr-defined]
 
 
@@ -439,6 +449,9 @@ class ExternalKafka(_ContextMixin):
 
     async def astop(self) -> None:
         return None
+
+    start_async = astart  # aliases some callers probe for
+    stop_async = astop
 
     def __repr__(self) -> str:
         return f"ExternalKafka({self._bootstrap!r})"
@@ -579,6 +592,9 @@ class EmbeddedBroker(_ContextMixin):
     async def astop(self) -> None:
         await asyncio.to_thread(self.stop)
 
+    start_async = astart  # aliases some callers probe for
+    stop_async = astop
+
     # ---- internals
 
     def _start_steps(self) -> Generator[float, None, None]:
@@ -642,7 +658,9 @@ class EmbeddedBroker(_ContextMixin):
         env.setdefault("RUST_BACKTRACE", "1")
         return env
 
-    def _wait_tansu(self, proc: subprocess.Popen[bytes], port: int, log_path: Path, deadline: float) -> Generator[float, None, None]:
+    def _wait_tansu(
+        self, proc: subprocess.Popen[bytes], port: int, log_path: Path, deadline: float
+    ) -> Generator[float, None, None]:
         """Until our Tansu logged "ready" and answers Metadata advertising our port."""
         offset = log_path.stat().st_size if log_path.exists() else 0
         delay = 0.01
@@ -653,7 +671,9 @@ class EmbeddedBroker(_ContextMixin):
                 # Tansu 0.6 panics on EADDRINUSE but may still exit 0: read the log.
                 if "AddrInUse" in text or "Address in use" in text:
                     raise _PortCollision(f"port {port} taken")
-                raise BrokerError(f"tansu exited with {proc.returncode} during start; log {log_path}:\n{_tail(log_path)}")
+                raise BrokerError(
+                    f"tansu exited with {proc.returncode} during start; log {log_path}:\n{_tail(log_path)}"
+                )
             # Why the log line too: if another broker grabbed the port first, the probe
             # would be answered by *that* one while ours is dying of EADDRINUSE.
             if "ready in" in text:
@@ -671,7 +691,9 @@ class EmbeddedBroker(_ContextMixin):
             yield delay
             delay = min(delay * 2, 0.2)
 
-    def _spawn(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path
+    ) -> subprocess.Popen[bytes]:
         proc = _spawner.spawn(argv, env=env, cwd=cwd, log_path=log_path)
         # Stop order = append order reversed below: tansu is appended last, stopped first.
         self._state.procs.insert(0, proc)
@@ -683,7 +705,9 @@ class EmbeddedBroker(_ContextMixin):
         deadline = time.monotonic() + self.start_timeout
         for attempt in range(8):
             port = self._port_arg if self._port_arg is not None else pick_free_ports(1)[0]
-            proc = self._spawn(self._tansu_argv(tansu, port, "memory://tansu/"), self._base_env(), log_path, log_dir)
+            proc = self._spawn(
+                self._tansu_argv(tansu, port, "memory://tansu/"), self._base_env(), log_path, log_dir
+            )
             self._tansu = proc
             try:
                 yield from self._wait_tansu(proc, port, log_path, deadline)
@@ -747,7 +771,12 @@ class EmbeddedBroker(_ContextMixin):
         with contextlib.suppress(OSError, ValueError):
             for pid in json.loads(p.read_text()).values():
                 try:
-                    cmd = Path(f"/proc/{int(pid)}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    cmd = (
+                        Path(f"/proc/{int(pid)}/cmdline")
+                        .read_bytes()
+                        .replace(b"\0", b" ")
+                        .decode(errors="replace")
+                    )
                 except OSError:
                     continue
                 if str(d) in cmd:
@@ -791,7 +820,9 @@ class EmbeddedBroker(_ContextMixin):
             f"-bucket={self.bucket}",
         ]
 
-    def _wait_weed(self, proc: subprocess.Popen[bytes], ports: dict[str, int], log_path: Path, deadline: float) -> Generator[float, None, None]:
+    def _wait_weed(
+        self, proc: subprocess.Popen[bytes], ports: dict[str, int], log_path: Path, deadline: float
+    ) -> Generator[float, None, None]:
         """Until S3 answers and a write into the bucket goes through the filer.
 
         The write matters: S3 answers before the volume server has registered,
@@ -806,7 +837,9 @@ class EmbeddedBroker(_ContextMixin):
                 text = _read_from(log_path, offset)
                 if "Port allocation failed" in text or "is not available" in text:
                     raise _PortCollision(text.strip().splitlines()[-1] if text.strip() else "port in use")
-                raise BrokerError(f"weed exited with {proc.returncode} during start; log {log_path}:\n{_tail(log_path)}")
+                raise BrokerError(
+                    f"weed exited with {proc.returncode} during start; log {log_path}:\n{_tail(log_path)}"
+                )
             try:
                 s3 = _http_status(ports["s3"], "GET", "/")  # 403 without credentials: fine, it answers
                 bucket = _http_status(ports["filer"], "GET", f"/buckets/{self.bucket}/")
@@ -820,7 +853,9 @@ class EmbeddedBroker(_ContextMixin):
             except OSError as e:
                 last = e
             if time.monotonic() > deadline:
-                raise BrokerError(f"SeaweedFS not ready after {self.start_timeout}s (last {last}); log {log_path}:\n{_tail(log_path)}")
+                raise BrokerError(
+                    f"SeaweedFS not ready after {self.start_timeout}s (last {last}); log {log_path}:\n{_tail(log_path)}"
+                )
             yield delay
             delay = min(delay * 1.5, 0.5)
 
@@ -852,7 +887,9 @@ class EmbeddedBroker(_ContextMixin):
             }
         else:
             if self._cluster_id_arg and self._cluster_id_arg != st["cluster_id"]:
-                raise BrokerError(f"{d} belongs to cluster {st['cluster_id']!r}, not {self._cluster_id_arg!r}")
+                raise BrokerError(
+                    f"{d} belongs to cluster {st['cluster_id']!r}, not {self._cluster_id_arg!r}"
+                )
             if self.bucket != DEFAULT_BUCKET and self.bucket != st["bucket"]:
                 raise BrokerError(f"{d} uses bucket {st['bucket']!r}, not {self.bucket!r}")
         # Why the cluster id is fixed per data dir: Tansu keys its S3 objects by it.

@@ -54,7 +54,9 @@ class TopicPartitionMismatch(TopicError):
 
     def __init__(self, mismatches: Mapping[str, tuple[int, int]]) -> None:
         self.mismatches = dict(mismatches)
-        detail = ", ".join(f"{t}: has {have}, wanted {want}" for t, (have, want) in sorted(self.mismatches.items()))
+        detail = ", ".join(
+            f"{t}: has {have}, wanted {want}" for t, (have, want) in sorted(self.mismatches.items())
+        )
         super().__init__(
             f"partition count mismatch ({detail}). Partitions cannot be added later (Tansu has no "
             "CreatePartitions; on Kafka it would re-route keys and split ledger chains). "
@@ -102,13 +104,19 @@ async def ensure_topics(
     Returns the (prefixed) names.
     """
     names = topic_names(topic_prefix)
-    configs = {prefixed: dict(TOPIC_CONFIGS[base]) for base, prefixed in zip(TOPICS, names.all(), strict=True)}
+    configs = {
+        prefixed: dict(TOPIC_CONFIGS[base]) for base, prefixed in zip(TOPICS, names.all(), strict=True)
+    }
     if replication >= 3:
         # A write acked by acks=all survives one broker loss only with ISR >= 2.
         for c in configs.values():
             c["min.insync.replicas"] = "2"
     await create_topics(
-        bootstrap, {t: partitions for t in names.all()}, replication=replication, configs=configs, timeout=timeout
+        bootstrap,
+        {t: partitions for t in names.all()},
+        replication=replication,
+        configs=configs,
+        timeout=timeout,
     )
     return names
 
@@ -150,7 +158,9 @@ async def create_topics(
                 sorted(bad_config),
                 {t: errors[t][1] for t in bad_config},
             )
-            retry = [NewTopic(t.name, t.num_partitions, t.replication_factor) for t in new if t.name in bad_config]
+            retry = [
+                NewTopic(t.name, t.num_partitions, t.replication_factor) for t in new if t.name in bad_config
+            ]
             errors.update(await _create(admin, retry, timeout))
             for t in bad_config:
                 errors.setdefault(t, (0, None))
@@ -158,7 +168,9 @@ async def create_topics(
         if failed:
             raise TopicError(
                 "could not create topics: "
-                + ", ".join(f"{t}: {for_code(c).__name__} {m or ''}".strip() for t, (c, m) in sorted(failed.items()))
+                + ", ".join(
+                    f"{t}: {for_code(c).__name__} {m or ''}".strip() for t, (c, m) in sorted(failed.items())
+                )
             )
         have = await _partition_counts(admin, list(wanted), timeout)
     finally:
@@ -169,7 +181,9 @@ async def create_topics(
     return have
 
 
-async def _create(admin: AIOKafkaAdminClient, new: list[NewTopic], timeout: float) -> dict[str, tuple[int, str | None]]:
+async def _create(
+    admin: AIOKafkaAdminClient, new: list[NewTopic], timeout: float
+) -> dict[str, tuple[int, str | None]]:
     if not new:
         return {}
     # aiokafka returns per-topic error codes instead of raising (e.g. 36 = exists).
