@@ -136,6 +136,7 @@ def _chunk_aad(prefix: bytes, index: int, final: bool) -> bytes:
 
 
 def chunk_count(plaintext_length: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+    _check_chunk_size(chunk_size)
     return max(1, math.ceil(plaintext_length / chunk_size))
 
 

@@ -7,13 +7,13 @@ material or plaintext.
 
 Codes used (class -> codes):
 
-* ``SignatureError``: ``signature_malformed``, ``public_key_malformed``,
-  ``ed25519_invalid``, ``mldsa_invalid``, ``both_invalid``.
+* ``SignatureError``: ``signature_malformed``, ``ed25519_invalid``, ``mldsa_invalid``, ``both_invalid``.
 * ``DecryptionError``: ``decryption_failed`` (generic), ``auth_failed``,
   ``wrong_recipient``, ``malformed``, ``unsupported_version``, ``truncated``,
   ``trailing_data``, ``length_mismatch``, ``wrong_key``.
 * ``IntegrityError``: ``content_hash_mismatch``, ``artifact_id_mismatch``,
   ``header_mismatch``.
+* ``KeyFormatError`` (also a ValueError): ``public_key_malformed``, ``private_key_malformed``.
 * ``KeyNotFound``: ``tenant_unknown``, ``dek_unknown``, ``kek_version_unknown``.
 * ``KeyDestroyed``: ``tenant_shredded``.
 * ``TenantMismatch``: ``tenant_mismatch``.
@@ -106,6 +106,12 @@ class StorageError(CryptoError):
         self.status = status
 
 
+class KeyFormatError(CryptoError, ValueError):
+    """Key bytes do not parse (wrong length/suite byte, invalid point). Also a ValueError."""
+
+    code = "key_malformed"
+
+
 class BackendUnavailable(CryptoError, RuntimeError):
     """The installed crypto backend lacks a required algorithm."""
 
@@ -119,6 +125,7 @@ __all__ = [
     "DecryptionError",
     "IntegrityError",
     "KeyDestroyed",
+    "KeyFormatError",
     "KeyNotFound",
     "KeyringCorrupt",
     "KeyringLocked",

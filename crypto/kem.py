@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from ._util import key_id_of, lp, require
-from .errors import DecryptionError
+from .errors import DecryptionError, KeyFormatError
 
 require("mlkem")
 
@@ -82,9 +82,17 @@ class HybridKemPublicKey:
     def from_bytes(cls, data: bytes) -> HybridKemPublicKey:
         data = bytes(data)
         if len(data) != PUBLIC_KEY_LEN or data[0] != SUITE_V1:
-            raise ValueError(f"hybrid KEM public key must be {PUBLIC_KEY_LEN} bytes starting with 0x01")
-        mk = mlkem.MLKEM768PublicKey.from_public_bytes(data[1 : 1 + MLKEM768_PUBLIC_LEN])
-        xk = x25519.X25519PublicKey.from_public_bytes(data[1 + MLKEM768_PUBLIC_LEN :])
+            raise KeyFormatError(
+                f"hybrid KEM public key must be {PUBLIC_KEY_LEN} bytes starting with 0x01",
+                code="public_key_malformed",
+            )
+        try:
+            mk = mlkem.MLKEM768PublicKey.from_public_bytes(data[1 : 1 + MLKEM768_PUBLIC_LEN])
+            xk = x25519.X25519PublicKey.from_public_bytes(data[1 + MLKEM768_PUBLIC_LEN :])
+        except ValueError as e:
+            raise KeyFormatError(
+                f"hybrid KEM public key rejected: {e}", code="public_key_malformed"
+            ) from None
         return cls(mk, xk)
 
     def __eq__(self, other: object) -> bool:
@@ -131,7 +139,10 @@ class HybridKemPrivateKey:
     def from_bytes(cls, data: bytes) -> HybridKemPrivateKey:
         data = bytes(data)
         if len(data) != PRIVATE_KEY_LEN or data[0] != SUITE_V1:
-            raise ValueError(f"hybrid KEM private key must be {PRIVATE_KEY_LEN} bytes starting with 0x01")
+            raise KeyFormatError(
+                f"hybrid KEM private key must be {PRIVATE_KEY_LEN} bytes starting with 0x01",
+                code="private_key_malformed",
+            )
         return cls(data[1:])
 
     def __repr__(self) -> str:

@@ -31,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
 from ._util import key_id_of, require
-from .errors import SignatureError
+from .errors import KeyFormatError, SignatureError
 
 require("mldsa")
 
@@ -72,7 +72,7 @@ class HybridPublicKey:
     def from_bytes(cls, data: bytes) -> HybridPublicKey:
         data = bytes(data)
         if len(data) != PUBLIC_KEY_LEN or data[0] != SUITE_V1:
-            raise SignatureError(
+            raise KeyFormatError(
                 f"hybrid public key must be {PUBLIC_KEY_LEN} bytes starting with 0x01, got {len(data)} bytes",
                 code="public_key_malformed",
             )
@@ -80,7 +80,7 @@ class HybridPublicKey:
             ed = ed25519.Ed25519PublicKey.from_public_bytes(data[1 : 1 + ED25519_PUBLIC_LEN])
             ml = mldsa.MLDSA65PublicKey.from_public_bytes(data[1 + ED25519_PUBLIC_LEN :])
         except ValueError as e:
-            raise SignatureError(f"hybrid public key rejected: {e}", code="public_key_malformed") from None
+            raise KeyFormatError(f"hybrid public key rejected: {e}", code="public_key_malformed") from None
         return cls(ed, ml)
 
     def verify(self, message: bytes, signature: bytes) -> None:
@@ -169,7 +169,10 @@ class HybridSigningKey:
     def from_bytes(cls, data: bytes) -> HybridSigningKey:
         data = bytes(data)
         if len(data) != PRIVATE_KEY_LEN or data[0] != SUITE_V1:
-            raise ValueError(f"hybrid signing key must be {PRIVATE_KEY_LEN} bytes starting with 0x01")
+            raise KeyFormatError(
+                f"hybrid signing key must be {PRIVATE_KEY_LEN} bytes starting with 0x01",
+                code="private_key_malformed",
+            )
         ed = ed25519.Ed25519PrivateKey.from_private_bytes(data[1 : 1 + SEED_LEN])
         ml = mldsa.MLDSA65PrivateKey.from_seed_bytes(data[1 + SEED_LEN :])
         return cls(ed, ml)
