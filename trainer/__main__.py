@@ -1,0 +1,59 @@
+"""`python -m tensafe.trainer`: run a trainer worker as its own process (cluster mode).
+
+It owns the given command partitions and is the single writer of the matching ledger
+partitions. Keys and artifacts come from the node data directory (or a KMS / S3 in a
+cluster); the worker never talks to the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m tensafe.trainer")
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--data-dir", required=True, help="keys/, artifacts/, trainer-state/")
+    ap.add_argument("--topic-prefix", default="")
+    ap.add_argument("--partitions", default="all", help="comma-separated partition numbers, or 'all'")
+    ap.add_argument("--test-mode", action="store_true", help="seeded noise (tests only: not private)")
+    ap.add_argument("--checkpoint-every", type=int, default=256)
+    args = ap.parse_args()
+    logging.basicConfig(level=os.environ.get("TENSAFE_LOG", "WARNING"))
+
+    from tensafe.events.node_config import load_or_create_signing_key
+    from tensafe.events.topics import partition_counts, topic_names
+    from tensafe.node.runtime import open_keyring, open_store
+    from tensafe.trainer.worker import TrainerWorker
+
+    data = Path(args.data_dir)
+
+    async def run() -> None:
+        names = topic_names(args.topic_prefix)
+        if args.partitions == "all":
+            count = (await partition_counts(args.bootstrap, [names.commands]))[names.commands]
+            parts = list(range(count))
+        else:
+            parts = [int(p) for p in args.partitions.split(",")]
+        keyring = open_keyring(data)
+        worker = TrainerWorker(
+            args.bootstrap, keyring, open_store(data, keyring), data / "trainer-state", partitions=parts,
+            topic_prefix=args.topic_prefix, signer=load_or_create_signing_key(data),
+            checkpoint_every=args.checkpoint_every, test_mode=args.test_mode,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await worker.run(stop)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
