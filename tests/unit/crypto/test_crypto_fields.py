@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensafe.crypto.errors import DecryptionError
 from tensafe.crypto.fields import OVERHEAD, open_field, seal_field
+from tensafe.crypto.keyring import Keyring
 
 DEK = os.urandom(32)
 
@@ -65,3 +66,27 @@ def test_malformed_and_version() -> None:
     assert e.value.code == "unsupported_version"
     with pytest.raises(ValueError):
         seal_field(b"short", "t", "c", b"x")
+
+
+# -- tensafe.crypto.sealed: sealed fields that carry their DEK id ---------------------
+
+
+def test_sealed_values_name_their_dek(keyring: Keyring) -> None:
+    from tensafe.crypto import sealed
+    from tensafe.crypto.errors import KeyDestroyed, TenantMismatch
+
+    blob = sealed.seal(keyring, "acme", "CommandSubmitted.prompt", b"hello")
+    dek_id, _ = keyring.data_key("acme", sealed.LOG_FIELDS)
+    assert sealed.dek_id_of(blob) == dek_id
+    assert sealed.open_sealed(keyring, "acme", "CommandSubmitted.prompt", blob) == b"hello"
+    keyring.rotate_dek("acme", sealed.LOG_FIELDS)  # old blobs still open after DEK rotation
+    assert sealed.open_sealed(keyring, "acme", "CommandSubmitted.prompt", blob) == b"hello"
+    with pytest.raises(TenantMismatch):
+        sealed.open_sealed(keyring, "globex", "CommandSubmitted.prompt", blob)
+    with pytest.raises(DecryptionError):
+        sealed.open_sealed(keyring, "acme", "OtherEvent.prompt", blob)
+    with pytest.raises(DecryptionError):
+        sealed.dek_id_of(b"\x01junk")
+    keyring.shred_tenant("acme")
+    with pytest.raises(KeyDestroyed):
+        sealed.open_sealed(keyring, "acme", "CommandSubmitted.prompt", blob)
