@@ -19,7 +19,8 @@ touching storage. ``content_sha256`` is checked on every read.
 
 The store writes no ledger events itself: pass ``on_event(name, payload)``;
 it is called after the change is durable with ``("ArtifactPut", ref.to_event())``,
-``("ArtifactDeleted", {...})`` and ``("ArtifactIntegrityFailure", {...})``.
+``("ArtifactDeleted", {...})``, ``("ArtifactsPurged", {...})`` and
+``("ArtifactIntegrityFailure", {..., "reason": code})``.
 Exceptions from the hook propagate to the caller (the artifact stays stored).
 All methods are synchronous.
 """
