@@ -85,7 +85,6 @@ def open_store(data_dir: Path, keyring):
 
 async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
     import uvicorn
-
     from tensafe.events.broker import EmbeddedBroker, ExternalKafka
     from tensafe.events.topics import ensure_topics
     from tensafe.gateway.app import create_app

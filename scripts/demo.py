@@ -72,9 +72,8 @@ def plot(history: list[dict], out: Path) -> None:
 
 
 def main() -> int:
-    from tqdm import tqdm
-
     from tensafe import DPConfig, LoRAConfig, ServiceClient, TrainingConfig
+    from tqdm import tqdm
 
     steps = int(os.environ.get("DEMO_STEPS", "30"))
     data_dir = Path(os.environ.get("DEMO_DATA_DIR", ROOT / ".tensafe-demo"))

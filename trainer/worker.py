@@ -68,6 +68,8 @@ class TrainerWorker:
         self.creates: dict[str, tuple[str, dict]] = {}  # client -> (tenant, TrainingClientCreated payload)
         self.datasets: dict[str, tuple[str, str, int]] = {}  # dataset -> (tenant, artifact id, records)
         self._compute = asyncio.Lock()  # one torch computation at a time (2 cores)
+        self._pending_access: list[dict] = []  # artifact put/get of the running command, for the ledger
+        self._dataset_texts_cache: dict[str, list[str]] = {}
         self.ready = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------
@@ -151,6 +153,7 @@ class TrainerWorker:
     async def _execute(self, writer: LedgerWriter, offset: int, cmd: Command, session=None) -> None:
         from tensafe.trainer.session import CommandError
 
+        self._pending_access.clear()
         await writer.append(
             "CommandAccepted",
             {
@@ -177,6 +180,9 @@ class TrainerWorker:
         if outcome is None:
             return
         event_type, payload, state_changed = outcome
+        for access in self._pending_access:
+            await writer.append("ArtifactAccessed", access, tenant_id=cmd.tenant_id, client_id=cmd.client_id)
+        self._pending_access.clear()
         if state_changed and cmd.client_id in self.sessions:
             await asyncio.to_thread(self._snapshot, self.sessions[cmd.client_id], offset, cmd, event_type, payload)
         await writer.append(event_type, payload, tenant_id=cmd.tenant_id, client_id=cmd.client_id, command_id=cmd.command_id)
@@ -198,6 +204,7 @@ class TrainerWorker:
             texts_raw = self._open(cmd, "records_ciphertext", "tensafe.data.TextRecords")
             blob = json.dumps(texts_raw["texts"]).encode()
             ref = await asyncio.to_thread(self.store.put, cmd.tenant_id, "dataset", blob, {"name": p["name"]})
+            self._access(ref, "put")
             self.datasets[p["dataset_id"]] = (cmd.tenant_id, ref.artifact_id, len(texts_raw["texts"]))
             return "DatasetRegistered", {
                 "dataset_id": p["dataset_id"],
@@ -256,6 +263,7 @@ class TrainerWorker:
             m = session.trainer.dp_metrics()
             meta = {"client_id": cmd.client_id, "name": p["name"], "step": session.trainer.step}
             ref = await asyncio.to_thread(self.store.put, cmd.tenant_id, "checkpoint", blob, meta)
+            self._access(ref, "put")
             return "StateSaved", {
                 "artifact_id": ref.artifact_id,
                 "name": p["name"],
@@ -275,6 +283,7 @@ class TrainerWorker:
                 raise CommandError(getattr(exc, "code", None) or "not_found", str(exc)) from exc
             await asyncio.to_thread(session.trainer.load_state, blob)
             info = await asyncio.to_thread(self.store.info, cmd.tenant_id, p["artifact_id"])
+            self._access(info, "get")
             return "StateLoaded", {"artifact_id": p["artifact_id"], "content_sha256": info.content_sha256, "step": session.trainer.step}, True
         raise CommandError("unknown_command", f"unknown command type {t}")
 
@@ -338,7 +347,16 @@ class TrainerWorker:
             from tensafe.trainer.session import CommandError
 
             raise CommandError("not_found", f"dataset {dataset_id!r} does not exist")
-        return json.loads(self.store.get(tenant_id, ds[1]))
+        if dataset_id not in self._dataset_texts_cache:
+            self._dataset_texts_cache[dataset_id] = json.loads(self.store.get(tenant_id, ds[1]))
+            self._access(self.store.info(tenant_id, ds[1]), "get")
+        return self._dataset_texts_cache[dataset_id]
+
+    def _access(self, ref, action: str) -> None:
+        self._pending_access.append(
+            {"artifact_id": ref.artifact_id, "action": action, "kind": ref.kind, "content_sha256": ref.content_sha256,
+             "size": int(ref.size)}
+        )
 
     def _open(self, cmd: Command, field: str, schema: str) -> dict:
         clear = open_sealed(self.keyring, cmd.tenant_id, cmd.command_type, cmd.payload[field])

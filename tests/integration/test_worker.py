@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from tensafe.crypto.sealed import seal
 from tensafe.events import codec, kafka_io
 from tensafe.events.audit import verify_snapshot
