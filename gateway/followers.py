@@ -1,0 +1,109 @@
+"""Tasks that keep the read model in step with the log.
+
+Per partition: a ``LedgerFollower`` (chain rules applied, only accepted entries)
+and, unless disabled, a plain reader of tensafe.commands (futures of commands not
+yet accepted, and the idempotency headers). ``catch_up`` reads every partition to
+its current end before the app serves requests, so a restarted gateway answers
+from the whole history; ``start`` then follows new records until ``stop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from tensafe.events import codec, kafka_io
+from tensafe.events.commands import Command
+from tensafe.events.ledger import LedgerFollower
+from tensafe.events.topics import TopicNames
+from tensafe.gateway.readmodel import ReadModel
+
+log = logging.getLogger(__name__)
+
+
+class LogFollowers:
+    def __init__(self, bootstrap: str, topics: TopicNames, partitions: int, model: ReadModel, *, commands: bool) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.partitions = partitions
+        self.model = model
+        self.follow_commands = commands
+        self.ledger = [LedgerFollower(bootstrap, p, topic=topics.ledger) for p in range(partitions)]
+        self.command_offsets = [0] * partitions
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.errors: list[str] = []
+
+    async def catch_up(self) -> None:
+        jobs = [self._ledger_to_end(f) for f in self.ledger]
+        if self.follow_commands:
+            jobs += [self._commands_to_end(p) for p in range(self.partitions)]
+        await asyncio.gather(*jobs)
+
+    async def _ledger_to_end(self, f: LedgerFollower) -> None:
+        async with contextlib.aclosing(f.read_to_end()) as it:
+            async for entry in it:
+                self.model.apply_ledger(entry)
+
+    async def _commands_to_end(self, p: int) -> None:
+        it = kafka_io.read_partition(self.bootstrap, self.topics.commands, p, start_offset=self.command_offsets[p])
+        await self._apply_commands(p, it)
+
+    async def _apply_commands(self, p: int, it: AsyncIterator[kafka_io.ConsumerRecord]) -> None:
+        async with contextlib.aclosing(it) as records:
+            async for rec in records:
+                self.command_offsets[p] = rec.offset + 1
+                try:
+                    cmd = Command.decode(rec.value)
+                except (codec.DecodeError, ValueError, KeyError) as exc:
+                    log.warning("commands p%d offset %d undecodable: %s", p, rec.offset, exc)
+                    continue
+                headers = {k: v for k, v in (rec.headers or ()) if k.startswith("tensafe-")}
+                self.model.apply_command(cmd, headers)
+
+    def start(self) -> None:
+        for f in self.ledger:
+            self._tasks.append(asyncio.create_task(self._run(f"ledger-{f.partition}", self._follow_ledger(f))))
+        if self.follow_commands:
+            for p in range(self.partitions):
+                self._tasks.append(asyncio.create_task(self._run(f"commands-{p}", self._follow_commands(p))))
+
+    async def _run(self, name: str, coro: object) -> None:
+        try:
+            await coro  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported by /healthz, never silent
+            log.exception("follower %s stopped", name)
+            self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+
+    async def _follow_ledger(self, f: LedgerFollower) -> None:
+        async with contextlib.aclosing(f.follow(self._stop)) as it:
+            async for entry in it:
+                self.model.apply_ledger(entry)
+
+    async def _follow_commands(self, p: int) -> None:
+        it = kafka_io.follow_partition(
+            self.bootstrap, self.topics.commands, p, start_offset=self.command_offsets[p], stop=self._stop
+        )
+        await self._apply_commands(p, it)
+
+    def healthy(self) -> list[str]:
+        """Reasons the read model may be stale (empty when all followers run)."""
+        reasons = list(self.errors)
+        for t in self._tasks:
+            if t.done() and not t.cancelled() and not reasons:
+                reasons.append("a log follower stopped")
+        return reasons
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=2.0)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
