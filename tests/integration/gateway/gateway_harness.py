@@ -280,3 +280,56 @@ async def wait_status(client: httpx.AsyncClient, tenant: Tenant, future_id: str,
         body = r.json()
         if body["status"] in ("completed", "failed", "cancelled") or loop.time() > deadline:
             return body
+
+
+# -- a real server (uvicorn in a thread, its own event loop) for sync clients and fuzzing --------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(settings: Settings) -> Any:
+    """Serve ``create_app(settings)`` with uvicorn on a free loopback port; yields the base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="gateway-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine from sync test code (pytest-asyncio may own this thread's loop)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["v"] = asyncio.run(coro)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            box["e"] = e
+
+    th = threading.Thread(target=target)
+    th.start()
+    th.join()
+    if "e" in box:
+        raise box["e"]
+    return box.get("v")
