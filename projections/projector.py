@@ -33,6 +33,7 @@ import json
 import logging
 import signal
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -122,9 +123,16 @@ async def run_projector(
 
 
 def group_id_for(readmodel: ReadModel, topic: str) -> str:
-    """One consumer group per (read model, topic): two read models must each get
-    every partition, never split them like members of one group."""
-    return f"tensafe-projector-{readmodel.model_id[:16]}-{hashlib.sha256(topic.encode()).hexdigest()[:8]}"
+    """A new consumer group for every run of a read model's projector.
+
+    Per read model: two read models must each get every partition, never split them
+    like members of one group. Per run: a crashed run leaves a dead member in its
+    group until the session times out, which would block both the offset seeding
+    (Kafka refuses commits from non-members of a non-empty group) and the next
+    join for ~10 s. The positions live in the database, so the group is disposable.
+    """
+    topic_tag = hashlib.sha256(topic.encode()).hexdigest()[:8]
+    return f"tensafe-projector-{readmodel.model_id[:12]}-{topic_tag}-{uuid.uuid4().hex[:8]}"
 
 
 async def seed_group_offsets(bootstrap: str, group_id: str, topic: str, offsets: dict[int, int]) -> None:

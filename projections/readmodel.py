@@ -184,6 +184,7 @@ class ReadModel:
         self.con = duckdb.connect(self.path, read_only=read_only)
         self._lock = threading.RLock()
         self._listeners: list[Callable[[dict[int, int]], None]] = []
+        self.totals = ApplyResult()  # since this object was opened: for monitoring and tests
         if not read_only:
             create_schema(self.con)
             self._init_meta()
@@ -317,6 +318,7 @@ class ReadModel:
                     result.rejected[out.verdict.value] = result.rejected.get(out.verdict.value, 0) + 1
             if touched_parts:
                 self._commit(writer, touched_parts)
+            self.totals += result
         if broken is not None:
             raise broken
         return result
