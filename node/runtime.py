@@ -86,7 +86,7 @@ def open_store(data_dir: Path, keyring):
 async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
     import uvicorn
     from tensafe.events.broker import EmbeddedBroker, ExternalKafka
-    from tensafe.events.topics import ensure_topics
+    from tensafe.events.topics import LEDGER, ensure_topics
     from tensafe.gateway.app import create_app
     from tensafe.gateway.settings import Settings
     from tensafe.gateway.tenants import TenantStore
@@ -112,8 +112,7 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
         tenants = TenantStore(data / "tenants.json")
         key_file = data / "api_key"
         if not key_file.exists():
-            tenant_id, api_key = tenants.create_tenant(DEFAULT_TENANT)
-            keyring.create_tenant(tenant_id)
+            _tenant_id, api_key = tenants.create_tenant(DEFAULT_TENANT, keyring=keyring)
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(api_key + "\n")
@@ -132,7 +131,9 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
         tasks.append(asyncio.create_task(worker.run(stop), name="trainer"))
 
         readmodel = ReadModel(str(data / "readmodel.duckdb"))
-        tasks.append(asyncio.create_task(run_projector(bootstrap, readmodel, stop, topic_prefix=opts.topic_prefix), name="projector"))
+        tasks.append(
+            asyncio.create_task(run_projector(bootstrap, readmodel, stop, topic=opts.topic_prefix + LEDGER), name="projector")
+        )
 
         port = opts.port or _free_port(opts.host)
         settings = Settings(

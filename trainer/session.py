@@ -149,7 +149,7 @@ class ClientSession:
             max_tokens=payload["max_tokens"],
             temperature=payload["temperature"],
             top_p=payload["top_p"],
-            top_k=payload["top_k"],
+            top_k=max(0, payload["top_k"]),  # Tinker's -1 means "off", like 0 here
             stop=stop,
             seed=payload.get("seed"),
             num_samples=payload["num_samples"],

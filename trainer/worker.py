@@ -174,7 +174,7 @@ class TrainerWorker:
             return
         except Exception as exc:  # noqa: BLE001 — any failure must end the future, never hang it
             log.exception("command %s failed", cmd.command_id)
-            code = getattr(exc, "code", None) or "internal_error"
+            code = getattr(exc, "code", None) or ("invalid_request" if isinstance(exc, ValueError) else "internal_error")
             await self._fail(writer, cmd, code, f"{type(exc).__name__}: {exc}")
             return
         if outcome is None:
