@@ -63,7 +63,9 @@ def normalise_base_url(base_url: str) -> str:
     """`http://host:8000`, `http://host:8000/` and `http://host:8000/api/v1` all give the API root."""
     url = base_url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ValidationError(f"base_url must start with http:// or https://: {base_url!r}", code="configuration_error")
+        raise ValidationError(
+            f"base_url must start with http:// or https://: {base_url!r}", code="configuration_error"
+        )
     if not url.endswith(API_PREFIX):
         url += API_PREFIX
     return url
@@ -107,7 +109,9 @@ class _Outcome:
 
     __slots__ = ("value", "delay", "error")
 
-    def __init__(self, value: Any = None, delay: float | None = None, error: TenSafeError | None = None) -> None:
+    def __init__(
+        self, value: Any = None, delay: float | None = None, error: TenSafeError | None = None
+    ) -> None:
         self.value = value
         self.delay = delay
         self.error = error
@@ -171,11 +175,19 @@ class _BaseHTTP:
                 body = None
         if 200 <= response.status_code < 300:
             if response.content and body is None:
-                return _Outcome(error=ServerError("response is not JSON", code="invalid_response",
-                                                  status=response.status_code, request_id=request_id))
+                return _Outcome(
+                    error=ServerError(
+                        "response is not JSON",
+                        code="invalid_response",
+                        status=response.status_code,
+                        request_id=request_id,
+                    )
+                )
             return _Outcome(value=body)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        error = error_from_response(response.status_code, body, request_id=request_id, retry_after=retry_after)
+        error = error_from_response(
+            response.status_code, body, request_id=request_id, retry_after=retry_after
+        )
         retryable = response.status_code in RETRY_STATUSES or error.code == "idempotency_in_progress"
         if not retryable or attempt >= self.retry.max_retries:
             return _Outcome(error=error)
@@ -185,8 +197,15 @@ class _BaseHTTP:
             delay = retry_after
         else:
             delay = self.retry.backoff(attempt)
-        logger.debug("%s %s -> %s (%s); retry %d in %.2fs", prep.method, prep.url, response.status_code,
-                     error.code, attempt + 1, delay)
+        logger.debug(
+            "%s %s -> %s (%s); retry %d in %.2fs",
+            prep.method,
+            prep.url,
+            response.status_code,
+            error.code,
+            attempt + 1,
+            delay,
+        )
         return _Outcome(delay=delay, error=error)
 
     def _on_transport_error(self, prep: _Prepared, exc: Exception, attempt: int) -> _Outcome:
@@ -195,7 +214,9 @@ class _BaseHTTP:
         if not isinstance(exc, RETRY_TRANSPORT_ERRORS) or attempt >= self.retry.max_retries:
             return _Outcome(error=error)
         delay = self.retry.backoff(attempt)
-        logger.debug("%s %s -> %s; retry %d in %.2fs", prep.method, prep.url, type(exc).__name__, attempt + 1, delay)
+        logger.debug(
+            "%s %s -> %s; retry %d in %.2fs", prep.method, prep.url, type(exc).__name__, attempt + 1, delay
+        )
         return _Outcome(delay=delay, error=error)
 
 
@@ -332,4 +353,3 @@ class AsyncHTTP(_BaseHTTP):
         """Drop the async client without awaiting (for a sync `close()`)."""
         self._client = None
         self._loop = None
-

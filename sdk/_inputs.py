@@ -59,7 +59,9 @@ def _rows_limit(n: int, where: str) -> None:
 def _batch_body(src: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(src) - set(_BATCH_KEYS))
     if unknown:
-        raise ValidationError(f"batch: unknown keys {unknown}; expected {list(_BATCH_KEYS)}", code="schema_violation")
+        raise ValidationError(
+            f"batch: unknown keys {unknown}; expected {list(_BATCH_KEYS)}", code="schema_violation"
+        )
     if src.get("input_ids") is None:
         raise ValidationError("batch.input_ids: required", code="schema_violation")
     ids = _int_matrix(src["input_ids"], "batch.input_ids")
@@ -95,7 +97,9 @@ def _datum(item: Any, where: str) -> dict[str, Any]:
         targets = getattr(targets, "data", targets) if not hasattr(targets, "tolist") else targets
         weights = getattr(weights, "data", weights) if not hasattr(weights, "tolist") else weights
     else:
-        raise ValidationError(f"{where}: expected a Datum or a dict with tokens/target_tokens", code="schema_violation")
+        raise ValidationError(
+            f"{where}: expected a Datum or a dict with tokens/target_tokens", code="schema_violation"
+        )
     if tokens is None or targets is None:
         raise ValidationError(f"{where}: tokens and target_tokens are required", code="schema_violation")
     out: dict[str, Any] = {

@@ -28,7 +28,9 @@ _MAX_BATCH_GET = 100
 
 def canonical_json(value: Any) -> bytes:
     """Canonical JSON of docs/API.md §1 (sorted keys, no whitespace, UTF-8)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 def content_hash(value: Any) -> str:
@@ -58,15 +60,22 @@ def _dataset_records(items: Iterable[Any]) -> tuple[str, list[dict[str, Any]]]:
                 kinds.add("token_records")
                 records.append({"input_ids": value})
             else:
-                raise ValidationError(f"dataset record {i}: expected text, token ids, or a dict", code="schema_violation")
+                raise ValidationError(
+                    f"dataset record {i}: expected text, token ids, or a dict", code="schema_violation"
+                )
     if len(kinds) != 1:
-        raise ValidationError("dataset: records must be all text or all token ids, and not empty",
-                              code="schema_violation")
+        raise ValidationError(
+            "dataset: records must be all text or all token ids, and not empty", code="schema_violation"
+        )
     return kinds.pop(), records
 
 
 class ServiceClient:
-    """Entry point: `ServiceClient(base_url, api_key)`; env `TENSAFE_BASE_URL` / `TENSAFE_API_KEY` otherwise."""
+    """Entry point: `ServiceClient(base_url, api_key)`.
+
+    Unset arguments come from `TENSAFE_BASE_URL` (else `http://localhost:8000`) and `TENSAFE_API_KEY`.
+    Retries: see docs/API.md §8. Use as a context manager, or call `close()` / `await aclose()`.
+    """
 
     def __init__(
         self,
@@ -87,10 +96,14 @@ class ServiceClient:
         if not api_key:
             raise ConfigurationError(f"no API key: pass api_key= or set {ENV_API_KEY}")
         retry = RetryPolicy(
-            max_retries=max_retries, backoff_base=backoff_base, backoff_max=backoff_max,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
             retry_after_max=retry_after_max,
         )
-        self._http = SyncHTTP(base_url, api_key, timeout=timeout, retry=retry, headers=headers, transport=transport)
+        self._http = SyncHTTP(
+            base_url, api_key, timeout=timeout, retry=retry, headers=headers, transport=transport
+        )
         self._ahttp = AsyncHTTP(
             base_url, api_key, timeout=timeout, retry=retry, headers=headers, transport=async_transport
         )
@@ -118,7 +131,9 @@ class ServiceClient:
     def __enter__(self) -> ServiceClient:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     async def __aenter__(self) -> ServiceClient:
@@ -156,10 +171,16 @@ class ServiceClient:
             return TrainingConfig.from_user_dict(dict(config)).to_dict()
         raise ValidationError("config must be a TrainingConfig", code="schema_violation")
 
-    def _new_training_client(self, data: dict[str, Any], config: Any) -> tuple[TrainingClient, FutureHandle[Any]]:
-        tc = TrainingClient(self, data["client_id"], config=config if isinstance(config, TrainingConfig) else None)
+    def _new_training_client(
+        self, data: dict[str, Any], config: Any
+    ) -> tuple[TrainingClient, FutureHandle[Any]]:
+        tc = TrainingClient(
+            self, data["client_id"], config=config if isinstance(config, TrainingConfig) else None
+        )
         fut: FutureHandle[TrainingClientStatus] = FutureHandle(
-            self, data["future_id"], type=data.get("type", "create_training_client"),
+            self,
+            data["future_id"],
+            type=data.get("type", "create_training_client"),
             converter=TrainingClientStatus.from_dict,
         )
         return tc, fut
@@ -216,7 +237,10 @@ class ServiceClient:
 
     def list_training_clients(self) -> list[TrainingClientStatus]:
         """All of the tenant's training clients, newest first."""
-        return [TrainingClientStatus.from_dict(d) for d in self._pages("/training_clients", "training_clients", {})]
+        return [
+            TrainingClientStatus.from_dict(d)
+            for d in self._pages("/training_clients", "training_clients", {})
+        ]
 
     async def list_training_clients_async(self) -> list[TrainingClientStatus]:
         """Async `list_training_clients`."""
@@ -246,7 +270,9 @@ class ServiceClient:
 
     # ------------------------------------------------------------ datasets
 
-    def _dataset_body(self, name: str, items: Iterable[Any], metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _dataset_body(
+        self, name: str, items: Iterable[Any], metadata: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
         kind, records = _dataset_records(items)
         body: dict[str, Any] = {"name": name, kind: records}
         if metadata is not None:

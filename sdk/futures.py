@@ -140,6 +140,11 @@ class FutureHandle(Generic[T]):
         Raises `FutureFailedError` (`FutureBudgetExceededError` for refused steps),
         `FutureCancelledError`, or `FutureTimeoutError` when `timeout` seconds pass first.
         """
+        self._wait(timeout)
+        return self._outcome()
+
+    def _wait(self, timeout: float | None) -> None:
+        """Long-poll until terminal (does not count as observing the outcome)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         gap = _MIN_POLL_GAP_S
         while True:
@@ -147,7 +152,7 @@ class FutureHandle(Generic[T]):
             started = time.monotonic()
             self._poll(wait)
             if self._terminal():
-                return self._outcome()
+                return
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._timeout_error(timeout)
             if time.monotonic() - started < min(wait, gap):  # server answered early: don't spin
@@ -203,6 +208,10 @@ class FutureHandle(Generic[T]):
 
     async def result_async(self, timeout: float | None = None) -> T:
         """Async `result`."""
+        await self._wait_async(timeout)
+        return self._outcome()
+
+    async def _wait_async(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         gap = _MIN_POLL_GAP_S
         while True:
@@ -210,7 +219,7 @@ class FutureHandle(Generic[T]):
             started = time.monotonic()
             await self._poll_async(wait)
             if self._terminal():
-                return self._outcome()
+                return
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._timeout_error(timeout)
             if time.monotonic() - started < min(wait, gap):

@@ -53,7 +53,9 @@ def _adam_body(adam_params: AdamParams | Mapping[str, Any] | None) -> dict[str, 
 class TrainingClient:
     """One training client (`tc_...`); every method has an `*_async` twin."""
 
-    def __init__(self, service: ServiceClient, client_id: str, *, config: TrainingConfig | None = None) -> None:
+    def __init__(
+        self, service: ServiceClient, client_id: str, *, config: TrainingConfig | None = None
+    ) -> None:
         self._service = service
         self.client_id = client_id
         self.config = config
@@ -80,7 +82,9 @@ class TrainingClient:
     # ------------------------------------------------------------ submission (ordered)
 
     def _handle(self, data: dict[str, Any], op: str) -> FutureHandle[Any]:
-        handle: FutureHandle[Any] = FutureHandle(self._service, data["future_id"], type=data.get("type") or op)
+        handle: FutureHandle[Any] = FutureHandle(
+            self._service, data["future_id"], type=data.get("type") or op
+        )
         self._pending = [h for h in self._pending if not h.observed]
         self._pending.append(handle)
         return handle
@@ -150,7 +154,7 @@ class TrainingClient:
         handles = list(self._pending)
         if not handles:
             return []
-        handles[-1].exception(timeout)
+        handles[-1]._wait(timeout)
         return self._refresh(handles)
 
     async def wait_pending_async(self, timeout: float | None = None) -> list[FutureError]:
@@ -158,7 +162,7 @@ class TrainingClient:
         handles = list(self._pending)
         if not handles:
             return []
-        await handles[-1].exception_async(timeout)
+        await handles[-1]._wait_async(timeout)
         return await self._refresh_async(handles)
 
     # ------------------------------------------------------------ forward_backward
@@ -185,11 +189,15 @@ class TrainingClient:
         self, batch_or_data: Any, loss_fn: str = "cross_entropy", return_logprobs: bool = False
     ) -> FutureHandle[ForwardBackwardResult]:
         """Async `forward_backward`: `fut = await tc.forward_backward_async(b); res = await fut`."""
-        return await self._submit_async("forward_backward", self._fb_body(batch_or_data, loss_fn, return_logprobs))
+        return await self._submit_async(
+            "forward_backward", self._fb_body(batch_or_data, loss_fn, return_logprobs)
+        )
 
     # ------------------------------------------------------------ optim_step / train_step
 
-    def optim_step(self, adam_params: AdamParams | Mapping[str, Any] | None = None) -> FutureHandle[OptimStepResult]:
+    def optim_step(
+        self, adam_params: AdamParams | Mapping[str, Any] | None = None
+    ) -> FutureHandle[OptimStepResult]:
         """Submit a DP optimizer step (noise, AdamW, accounting); refused steps fail with `budget_exceeded`."""
         return self._submit("optim_step", _adam_body(adam_params))
 
@@ -199,7 +207,9 @@ class TrainingClient:
         """Async `optim_step`."""
         return await self._submit_async("optim_step", _adam_body(adam_params))
 
-    def train_step(self, adam_params: AdamParams | Mapping[str, Any] | None = None) -> FutureHandle[TrainStepResult]:
+    def train_step(
+        self, adam_params: AdamParams | Mapping[str, Any] | None = None
+    ) -> FutureHandle[TrainStepResult]:
         """Submit one server-side step: Poisson batch from the registered dataset, forward/backward, DP step."""
         return self._submit("train_step", _adam_body(adam_params))
 
@@ -246,8 +256,15 @@ class TrainingClient:
 
         Unset parameters take the server defaults (max_tokens 128, temperature 1.0, top_p 1.0, top_k off).
         """
-        body = self._sample_body(prompts, prompt_tokens, sampling_params, num_samples, dict(
-            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed))
+        body = self._sample_body(
+            prompts,
+            prompt_tokens,
+            sampling_params,
+            num_samples,
+            dict(
+                max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed
+            ),
+        )
         handle = self._submit("sample", body)
         return handle.result(timeout)
 
@@ -267,15 +284,24 @@ class TrainingClient:
         timeout: float | None = None,
     ) -> SampleResult:
         """Async `sample`."""
-        body = self._sample_body(prompts, prompt_tokens, sampling_params, num_samples, dict(
-            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed))
+        body = self._sample_body(
+            prompts,
+            prompt_tokens,
+            sampling_params,
+            num_samples,
+            dict(
+                max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed
+            ),
+        )
         handle = await self._submit_async("sample", body)
         return await handle.result_async(timeout)
 
     # ------------------------------------------------------------ state
 
     @staticmethod
-    def _save_body(name: str | None, include_optimizer: bool, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _save_body(
+        name: str | None, include_optimizer: bool, metadata: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"include_optimizer": bool(include_optimizer)}
         if name is not None:
             body["name"] = name
@@ -343,7 +369,9 @@ class TrainingClient:
 
     def get_audit_logs(self, after_seq: int | None = None, limit: int = 100) -> AuditLogPage:
         """One page of this client's hash-chained ledger events with `seq > after_seq`."""
-        data = self._service._http.request("GET", self._path("audit_logs"), params=self._audit_params(after_seq, limit))
+        data = self._service._http.request(
+            "GET", self._path("audit_logs"), params=self._audit_params(after_seq, limit)
+        )
         return AuditLogPage.from_dict(data)
 
     async def get_audit_logs_async(self, after_seq: int | None = None, limit: int = 100) -> AuditLogPage:

@@ -10,11 +10,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from sdk_fake_gateway import FakeGateway, ServerThread  # noqa: E402
+from sdk_fake_gateway import API_KEY, FakeGateway, ServerThread  # noqa: E402
 from tensafe import ServiceClient  # noqa: E402
-
-API_KEY = "tml-tenant-a"
-OTHER_KEY = "tml-tenant-b"
 
 
 @pytest.fixture

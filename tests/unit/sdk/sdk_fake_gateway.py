@@ -23,7 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-KEYS = {"tml-tenant-a": "tenant-a", "tml-tenant-b": "tenant-b", "your-api-key": "tenant-a"}
+API_KEY = "tml-tenant-a"
+OTHER_KEY = "tml-tenant-b"
+KEYS = {API_KEY: "tenant-a", OTHER_KEY: "tenant-b", "your-api-key": "tenant-a"}
 TERMINAL = {"completed", "failed", "cancelled"}
 EPS_PER_STEP = 0.5
 
@@ -37,8 +39,14 @@ def now_iso() -> str:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str = "", details: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str = "",
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message or code)
         self.status, self.code, self.message = status, code, message or code
         self.details, self.headers = details or {}, headers or {}
@@ -69,10 +77,16 @@ class FakeFuture:
     created_at: str = field(default_factory=now_iso)
 
     def view(self) -> dict[str, Any]:
-        return {"future_id": self.future_id, "type": self.type, "client_id": self.client_id,
-                "status": self.status, "created_at": self.created_at, "updated_at": now_iso(),
-                "result": self.result if self.status == "completed" else None,
-                "error": self.error if self.status in ("failed", "cancelled") else None}
+        return {
+            "future_id": self.future_id,
+            "type": self.type,
+            "client_id": self.client_id,
+            "status": self.status,
+            "created_at": self.created_at,
+            "updated_at": now_iso(),
+            "result": self.result if self.status == "completed" else None,
+            "error": self.error if self.status in ("failed", "cancelled") else None,
+        }
 
 
 class FakeGateway:
@@ -135,14 +149,26 @@ class FakeGateway:
         return None
 
     @staticmethod
-    def _error(status: int, code: str, message: str, details: dict[str, Any], rid: str,
-               headers: dict[str, str] | None = None) -> JSONResponse:
+    def _error(
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any],
+        rid: str,
+        headers: dict[str, str] | None = None,
+    ) -> JSONResponse:
         body = {"error": {"code": code, "message": message, "details": details, "request_id": rid}}
         return JSONResponse(body, status_code=status, headers={"X-Request-Id": rid, **(headers or {})})
 
     def _fault_response(self, f: Fault, rid: str) -> Response:
-        code = f.code or {408: "request_timeout", 429: "rate_limited", 500: "internal_error", 502: "bad_gateway",
-                          503: "unavailable", 504: "upstream_timeout"}.get(f.status, "invalid_request")
+        code = f.code or {
+            408: "request_timeout",
+            429: "rate_limited",
+            500: "internal_error",
+            502: "bad_gateway",
+            503: "unavailable",
+            504: "upstream_timeout",
+        }.get(f.status, "invalid_request")
         headers = {"Retry-After": f.retry_after} if f.retry_after is not None else {}
         return self._error(f.status, code, "injected fault", {}, rid, headers)
 
@@ -150,11 +176,17 @@ class FakeGateway:
         async def endpoint(request: Request) -> Response:
             rid = request.headers.get("x-request-id") or "req_" + uuid.uuid4().hex
             raw = await request.body()
-            self.requests.append({
-                "method": request.method, "path": request.url.path, "query": dict(request.query_params),
-                "idempotency_key": request.headers.get("idempotency-key"), "t": time.monotonic(),
-                "authorization": request.headers.get("authorization"), "user_agent": request.headers.get("user-agent"),
-            })
+            self.requests.append(
+                {
+                    "method": request.method,
+                    "path": request.url.path,
+                    "query": dict(request.query_params),
+                    "idempotency_key": request.headers.get("idempotency-key"),
+                    "t": time.monotonic(),
+                    "authorization": request.headers.get("authorization"),
+                    "user_agent": request.headers.get("user-agent"),
+                }
+            )
             fault = self._take_fault(request.url.path)
             if fault and not fault.after:
                 return self._fault_response(fault, rid)
@@ -185,13 +217,17 @@ class FakeGateway:
         key = None
         authz = request.headers.get("authorization", "")
         if authz.startswith("Bearer "):
-            key = authz[len("Bearer "):]
+            key = authz[len("Bearer ") :]
         key = key or request.headers.get("x-api-key")
         if key not in KEYS:
-            raise ApiError(401, "unauthenticated", "bad API key", headers={"WWW-Authenticate": 'Bearer realm="tensafe"'})
+            raise ApiError(
+                401, "unauthenticated", "bad API key", headers={"WWW-Authenticate": 'Bearer realm="tensafe"'}
+            )
         return KEYS[key]
 
-    async def _idempotent(self, request: Request, tenant: str, body: dict[str, Any], handler: Any) -> tuple[int, Any]:
+    async def _idempotent(
+        self, request: Request, tenant: str, body: dict[str, Any], handler: Any
+    ) -> tuple[int, Any]:
         key = request.headers.get("idempotency-key")
         if key is None:
             return await handler(request, tenant, body)
@@ -199,7 +235,9 @@ class FakeGateway:
         stored = self.idem.get((tenant, key))
         if stored is not None:
             if stored[0] != fp:
-                raise ApiError(409, "idempotency_conflict", "key reused with another body", {"idempotency_key": key})
+                raise ApiError(
+                    409, "idempotency_conflict", "key reused with another body", {"idempotency_key": key}
+                )
             return stored[1], stored[2]
         status, payload = await handler(request, tenant, body)
         self.idem[(tenant, key)] = (fp, status, payload)
@@ -208,13 +246,28 @@ class FakeGateway:
     # ------------------------------------------------------------ ledger / worker
 
     def _append_audit(self, client_id: str, event_type: str, command_id: str | None) -> None:
-        prev = self.audit[-1]["hash"] if self.audit else hashlib.sha256(b"tensafe/ledger/v1/genesis/0").hexdigest()
+        prev = (
+            self.audit[-1]["hash"]
+            if self.audit
+            else hashlib.sha256(b"tensafe/ledger/v1/genesis/0").hexdigest()
+        )
         seq = len(self.audit)
         value = canonical({"client_id": client_id, "event_type": event_type, "seq": seq})
         h = hashlib.sha256(bytes.fromhex(prev) + value).hexdigest()
-        self.audit.append({"seq": seq, "partition": 0, "epoch": 1, "event_type": event_type,
-                           "event_id": uuid.uuid4().hex, "ts_ms": int(time.time() * 1000), "hash": h,
-                           "prev_hash": prev, "command_id": command_id, "_client": client_id})
+        self.audit.append(
+            {
+                "seq": seq,
+                "partition": 0,
+                "epoch": 1,
+                "event_type": event_type,
+                "event_id": uuid.uuid4().hex,
+                "ts_ms": int(time.time() * 1000),
+                "hash": h,
+                "prev_hash": prev,
+                "command_id": command_id,
+                "_client": client_id,
+            }
+        )
         self.clients[client_id]["last_event_seq"] = seq
 
     def _enqueue(self, fut: FakeFuture) -> None:
@@ -253,9 +306,18 @@ class FakeGateway:
             rows = b["batch"]["input_ids"] if "batch" in b else [d["tokens"] for d in b["data"]]
             ntok = sum(len(r) for r in rows)
             c["accum"] += len(rows)
-            out = {"loss": 2.0 / (1 + c["step"]), "loss_sum": 2.0 * ntok / (1 + c["step"]), "num_tokens": ntok,
-                   "num_samples": len(rows), "clip": {"max_grad_norm": c["dp"]["max_grad_norm"],
-                                                      "fraction_clipped": 0.5, "mean_norm": 1.2, "max_norm": 3.0}}
+            out = {
+                "loss": 2.0 / (1 + c["step"]),
+                "loss_sum": 2.0 * ntok / (1 + c["step"]),
+                "num_tokens": ntok,
+                "num_samples": len(rows),
+                "clip": {
+                    "max_grad_norm": c["dp"]["max_grad_norm"],
+                    "fraction_clipped": 0.5,
+                    "mean_norm": 1.2,
+                    "max_norm": 3.0,
+                },
+            }
             if b.get("return_logprobs"):
                 out["logprobs"] = [[-1.0] * len(r) for r in rows]
             return out
@@ -264,34 +326,68 @@ class FakeGateway:
                 raise ApiError(0, "invalid_state", "no accumulated gradients", {"reason": "no_gradients"})
             after = c["eps"] + EPS_PER_STEP
             if after > c["dp"]["target_epsilon"]:
-                raise ApiError(0, "budget_exceeded", "step would exceed target epsilon",
-                               {"epsilon_spent": c["eps"], "epsilon_after_step": after,
-                                "target_epsilon": c["dp"]["target_epsilon"]})
+                raise ApiError(
+                    0,
+                    "budget_exceeded",
+                    "step would exceed target epsilon",
+                    {
+                        "epsilon_spent": c["eps"],
+                        "epsilon_after_step": after,
+                        "target_epsilon": c["dp"]["target_epsilon"],
+                    },
+                )
             c["eps"], c["step"], n, c["accum"] = after, c["step"] + 1, c["accum"], 0
             lr = (b.get("adam_params") or {}).get("learning_rate", 1e-4)
-            return {"step": c["step"], "epsilon_spent": c["eps"],
-                    "epsilon_remaining": c["dp"]["target_epsilon"] - c["eps"], "noise_multiplier": 1.0,
-                    "sample_rate": 0.01, "num_samples": n, "learning_rate": lr}
+            return {
+                "step": c["step"],
+                "epsilon_spent": c["eps"],
+                "epsilon_remaining": c["dp"]["target_epsilon"] - c["eps"],
+                "noise_multiplier": 1.0,
+                "sample_rate": 0.01,
+                "num_samples": n,
+                "learning_rate": lr,
+            }
         if fut.type == "sample":
             prompts = b.get("prompts") or [" ".join(map(str, t)) for t in b["prompt_tokens"]]
             samples = []
             for i, p in enumerate(prompts):
                 for j in range(b.get("num_samples", 1)):
                     text = f"answer {j} to {p}"
-                    samples.append({"prompt_index": i, "completion": text, "tokens": [1, 2, 3],
-                                    "logprobs": [-0.1, -0.2, -0.3], "finish_reason": "length",
-                                    "prompt_tokens": len(p.split()), "completion_tokens": 3})
+                    samples.append(
+                        {
+                            "prompt_index": i,
+                            "completion": text,
+                            "tokens": [1, 2, 3],
+                            "logprobs": [-0.1, -0.2, -0.3],
+                            "finish_reason": "length",
+                            "prompt_tokens": len(p.split()),
+                            "completion_tokens": 3,
+                        }
+                    )
             return {"samples": samples, "model_step": c["step"]}
         if fut.type == "save_state":
             aid = "art_" + uuid.uuid4().hex[:12]
-            art = {"artifact_id": aid, "name": b.get("name") or f"step-{c['step']}", "client_id": c["client_id"],
-                   "step": c["step"], "content_hash": "sha256:" + hashlib.sha256(aid.encode()).hexdigest(),
-                   "encryption": {"algorithm": "AES-256-GCM", "key_id": "key-" + c["tenant"]}, "size": 4096,
-                   "include_optimizer": b.get("include_optimizer", True), "metadata": b.get("metadata") or {},
-                   "created_at": now_iso(),
-                   "dp_certificate": {"epsilon": c["eps"], "delta": c["dp"]["target_delta"], "accountant": "rdp",
-                                      "sampling_mode": "client_batches", "guarantee": "unamplified",
-                                      "steps": c["step"], "ledger_seq": len(self.audit)}}
+            art = {
+                "artifact_id": aid,
+                "name": b.get("name") or f"step-{c['step']}",
+                "client_id": c["client_id"],
+                "step": c["step"],
+                "content_hash": "sha256:" + hashlib.sha256(aid.encode()).hexdigest(),
+                "encryption": {"algorithm": "AES-256-GCM", "key_id": "key-" + c["tenant"]},
+                "size": 4096,
+                "include_optimizer": b.get("include_optimizer", True),
+                "metadata": b.get("metadata") or {},
+                "created_at": now_iso(),
+                "dp_certificate": {
+                    "epsilon": c["eps"],
+                    "delta": c["dp"]["target_delta"],
+                    "accountant": "rdp",
+                    "sampling_mode": "client_batches",
+                    "guarantee": "unamplified",
+                    "steps": c["step"],
+                    "ledger_seq": len(self.audit),
+                },
+            }
             self.artifacts[aid] = {**art, "_tenant": c["tenant"]}
             return art
         if fut.type == "load_state":
@@ -299,8 +395,11 @@ class FakeGateway:
             if art is None or art["_tenant"] != c["tenant"]:
                 raise ApiError(0, "not_found", "no such artifact", {"resource": "artifact"})
             c["step"] = art["step"]
-            return {"artifact_id": art["artifact_id"], "step": art["step"],
-                    "loaded_optimizer": b.get("load_optimizer", True)}
+            return {
+                "artifact_id": art["artifact_id"],
+                "step": art["step"],
+                "loaded_optimizer": b.get("load_optimizer", True),
+            }
         if fut.type == "train_step":
             c["step"] += 1
             c["eps"] += EPS_PER_STEP
@@ -310,11 +409,19 @@ class FakeGateway:
     # ------------------------------------------------------------ views and lookups
 
     def _client_view(self, c: dict[str, Any]) -> dict[str, Any]:
-        return {"client_id": c["client_id"], "status": c["status"], "model_ref": c["model_ref"], "step": c["step"],
-                "created_at": c["created_at"], "lora_config": c["lora_config"], "batch_size": c["batch_size"],
-                "dataset_id": c["dataset_id"], "metadata": c["metadata"],
-                "dp": {**c["dp"], "epsilon_spent": c["eps"], "guarantee": "unamplified", "sample_rate": 1.0},
-                "last_event_seq": c["last_event_seq"]}
+        return {
+            "client_id": c["client_id"],
+            "status": c["status"],
+            "model_ref": c["model_ref"],
+            "step": c["step"],
+            "created_at": c["created_at"],
+            "lora_config": c["lora_config"],
+            "batch_size": c["batch_size"],
+            "dataset_id": c["dataset_id"],
+            "metadata": c["metadata"],
+            "dp": {**c["dp"], "epsilon_spent": c["eps"], "guarantee": "unamplified", "sample_rate": 1.0},
+            "last_event_seq": c["last_event_seq"],
+        }
 
     def _client(self, tenant: str, cid: str) -> dict[str, Any]:
         c = self.clients.get(cid)
@@ -334,32 +441,77 @@ class FakeGateway:
         return 200, {"status": "ok", "version": "fake"}
 
     async def models(self, request: Request, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
-        return 200, {"models": [{"model_ref": "meta-llama/Llama-3-8B", "max_context_length": 8192,
-                                 "vocab_size": 128256, "trainable": True, "sampleable": True}]}
+        return 200, {
+            "models": [
+                {
+                    "model_ref": "meta-llama/Llama-3-8B",
+                    "max_context_length": 8192,
+                    "vocab_size": 128256,
+                    "trainable": True,
+                    "sampleable": True,
+                }
+            ]
+        }
 
     async def create_client(self, request: Request, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
-        unknown = set(body) - {"model_ref", "lora_config", "dp_config", "batch_size", "seed", "dataset_id", "metadata"}
+        unknown = set(body) - {
+            "model_ref",
+            "lora_config",
+            "dp_config",
+            "batch_size",
+            "seed",
+            "dataset_id",
+            "metadata",
+        }
         if unknown or not isinstance(body.get("model_ref"), str):
-            raise ApiError(400, "schema_violation", "bad body",
-                           {"errors": [{"path": k, "message": "unknown field"} for k in sorted(unknown)]})
+            raise ApiError(
+                400,
+                "schema_violation",
+                "bad body",
+                {"errors": [{"path": k, "message": "unknown field"} for k in sorted(unknown)]},
+            )
         cid = "tc_" + uuid.uuid4().hex[:12]
-        dp = {"enabled": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "target_epsilon": 8.0,
-              "target_delta": 1e-5, "accountant": "rdp", "sampling": "client_batches", **(body.get("dp_config") or {})}
-        self.clients[cid] = {"client_id": cid, "tenant": tenant, "status": "creating", "model_ref": body["model_ref"],
-                             "step": 0, "created_at": now_iso(), "lora_config": body.get("lora_config") or {},
-                             "batch_size": body.get("batch_size", 8), "dataset_id": body.get("dataset_id"),
-                             "metadata": body.get("metadata") or {}, "dp": dp, "eps": 0.0, "accum": 0,
-                             "last_event_seq": None}
+        dp = {
+            "enabled": True,
+            "noise_multiplier": 1.0,
+            "max_grad_norm": 1.0,
+            "target_epsilon": 8.0,
+            "target_delta": 1e-5,
+            "accountant": "rdp",
+            "sampling": "client_batches",
+            **(body.get("dp_config") or {}),
+        }
+        self.clients[cid] = {
+            "client_id": cid,
+            "tenant": tenant,
+            "status": "creating",
+            "model_ref": body["model_ref"],
+            "step": 0,
+            "created_at": now_iso(),
+            "lora_config": body.get("lora_config") or {},
+            "batch_size": body.get("batch_size", 8),
+            "dataset_id": body.get("dataset_id"),
+            "metadata": body.get("metadata") or {},
+            "dp": dp,
+            "eps": 0.0,
+            "accum": 0,
+            "last_event_seq": None,
+        }
         fid = "fut_" + uuid.uuid4().hex
         self._enqueue(FakeFuture(fid, tenant, "create_training_client", cid, body))
-        return 202, {"client_id": cid, "future_id": fid, "type": "create_training_client", "status": "pending"}
+        return 202, {
+            "client_id": cid,
+            "future_id": fid,
+            "type": "create_training_client",
+            "status": "pending",
+        }
 
     async def list_clients(self, request: Request, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
         items = [self._client_view(c) for c in reversed(self.clients.values()) if c["tenant"] == tenant]
         # two-item pages, to exercise the SDK's pagination
         start = int(request.query_params.get("cursor") or 0)
         nxt = str(start + 2) if start + 2 < len(items) else None
-        return 200, {"training_clients": items[start:start + 2], "next_cursor": nxt}
+        return 200, {"training_clients": items[start : start + 2], "next_cursor": nxt}
 
     async def get_client(self, request: Request, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
         return 200, self._client_view(self._client(tenant, request.path_params["cid"]))
@@ -371,18 +523,35 @@ class FakeGateway:
         c = self._client(tenant, request.path_params["cid"])
         if op == "forward_backward":
             if ("batch" in body) == ("data" in body):
-                raise ApiError(400, "schema_violation", "exactly one of batch or data",
-                               {"errors": [{"path": "batch", "message": "exactly one of batch or data"}]})
+                raise ApiError(
+                    400,
+                    "schema_violation",
+                    "exactly one of batch or data",
+                    {"errors": [{"path": "batch", "message": "exactly one of batch or data"}]},
+                )
             rows = body["batch"]["input_ids"] if "batch" in body else body["data"]
             if len(rows) > 256:
-                raise ApiError(400, "schema_violation", "too many rows",
-                               {"errors": [{"path": "batch.input_ids", "message": "at most 256 rows"}]})
-        if op in ("optim_step", "train_step") and c["eps"] + EPS_PER_STEP > c["dp"]["target_epsilon"] \
-                and not self.queues.get(c["client_id"]):
-            raise ApiError(422, "budget_exceeded", "privacy budget spent",
-                           {"epsilon_spent": c["eps"], "target_epsilon": c["dp"]["target_epsilon"]})
+                raise ApiError(
+                    400,
+                    "schema_violation",
+                    "too many rows",
+                    {"errors": [{"path": "batch.input_ids", "message": "at most 256 rows"}]},
+                )
+        if (
+            op in ("optim_step", "train_step")
+            and c["eps"] + EPS_PER_STEP > c["dp"]["target_epsilon"]
+            and not self.queues.get(c["client_id"])
+        ):
+            raise ApiError(
+                422,
+                "budget_exceeded",
+                "privacy budget spent",
+                {"epsilon_spent": c["eps"], "target_epsilon": c["dp"]["target_epsilon"]},
+            )
         if op == "train_step" and c["dataset_id"] is None:
-            raise ApiError(409, "conflict", "train_step needs a registered dataset", {"reason": "sampling_mode"})
+            raise ApiError(
+                409, "conflict", "train_step needs a registered dataset", {"reason": "sampling_mode"}
+            )
         fid = "fut_" + uuid.uuid4().hex
         self._enqueue(FakeFuture(fid, tenant, op, c["client_id"], body))
         return 202, {"future_id": fid, "type": op, "client_id": c["client_id"], "status": "pending"}
@@ -390,18 +559,30 @@ class FakeGateway:
     async def dp_metrics(self, request: Request, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
         c = self._client(tenant, request.path_params["cid"])
         t = c["dp"]["target_epsilon"]
-        return 200, {"enabled": True, "epsilon_spent": c["eps"], "epsilon_remaining": max(0.0, t - c["eps"]),
-                     "target_epsilon": t, "delta": c["dp"]["target_delta"], "steps": c["step"],
-                     "noise_multiplier": c["dp"]["noise_multiplier"], "max_grad_norm": c["dp"]["max_grad_norm"],
-                     "sample_rate": 1.0, "accountant": c["dp"]["accountant"], "sampling_mode": "client_batches",
-                     "guarantee": "unamplified"}
+        return 200, {
+            "enabled": True,
+            "epsilon_spent": c["eps"],
+            "epsilon_remaining": max(0.0, t - c["eps"]),
+            "target_epsilon": t,
+            "delta": c["dp"]["target_delta"],
+            "steps": c["step"],
+            "noise_multiplier": c["dp"]["noise_multiplier"],
+            "max_grad_norm": c["dp"]["max_grad_norm"],
+            "sample_rate": 1.0,
+            "accountant": c["dp"]["accountant"],
+            "sampling_mode": "client_batches",
+            "guarantee": "unamplified",
+        }
 
     async def audit_logs(self, request: Request, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
         c = self._client(tenant, request.path_params["cid"])
         after = request.query_params.get("after_seq")
         limit = int(request.query_params.get("limit", 100))
-        mine = [{k: v for k, v in e.items() if k != "_client"} for e in self.audit
-                if e["_client"] == c["client_id"] and (after is None or e["seq"] > int(after))]
+        mine = [
+            {k: v for k, v in e.items() if k != "_client"}
+            for e in self.audit
+            if e["_client"] == c["client_id"] and (after is None or e["seq"] > int(after))
+        ]
         page = mine[:limit]
         nxt = page[-1]["seq"] if page else (int(after) if after is not None else None)
         return 200, {"entries": page, "next_after_seq": nxt, "has_more": len(mine) > limit}
@@ -432,8 +613,12 @@ class FakeGateway:
             fut.status = "cancelled"
             fut.error = {"code": "cancelled", "message": "cancelled by the client", "details": {}}
         elif fut.status != "cancelled":
-            raise ApiError(409, "conflict", "future is not pending", {"reason": "future_not_pending",
-                                                                      "status": fut.status})
+            raise ApiError(
+                409,
+                "conflict",
+                "future is not pending",
+                {"reason": "future_not_pending", "status": fut.status},
+            )
         return 200, fut.view()
 
     async def create_dataset(self, request: Request, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -442,14 +627,23 @@ class FakeGateway:
         records = body.get("records", body.get("token_records"))
         did = "ds_" + uuid.uuid4().hex[:12]
         digest = hashlib.sha256(canonical(records) + (b"x" if self.tamper_dataset_hash else b"")).hexdigest()
-        ds = {"dataset_id": did, "name": body["name"], "num_records": len(records),
-              "content_hash": "sha256:" + digest, "metadata": body.get("metadata") or {}, "created_at": now_iso()}
+        ds = {
+            "dataset_id": did,
+            "name": body["name"],
+            "num_records": len(records),
+            "content_hash": "sha256:" + digest,
+            "metadata": body.get("metadata") or {},
+            "created_at": now_iso(),
+        }
         self.datasets[did] = {**ds, "_tenant": tenant}
         return 201, ds
 
     async def list_datasets(self, request: Request, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
-        items = [{k: v for k, v in d.items() if k != "_tenant"} for d in self.datasets.values()
-                 if d["_tenant"] == tenant]
+        items = [
+            {k: v for k, v in d.items() if k != "_tenant"}
+            for d in self.datasets.values()
+            if d["_tenant"] == tenant
+        ]
         return 200, {"datasets": items[::-1], "next_cursor": None}
 
     async def get_dataset(self, request: Request, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -460,8 +654,11 @@ class FakeGateway:
 
     async def list_artifacts(self, request: Request, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
         cid = request.query_params.get("client_id")
-        items = [{k: v for k, v in a.items() if k != "_tenant"} for a in self.artifacts.values()
-                 if a["_tenant"] == tenant and (cid is None or a["client_id"] == cid)]
+        items = [
+            {k: v for k, v in a.items() if k != "_tenant"}
+            for a in self.artifacts.values()
+            if a["_tenant"] == tenant and (cid is None or a["client_id"] == cid)
+        ]
         return 200, {"artifacts": items[::-1], "next_cursor": None}
 
     async def get_artifact(self, request: Request, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -478,6 +675,9 @@ class ServerThread:
         self.gateway = gateway
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # uvicorn does not set TCP_NODELAY on sockets handed to it: without this, Nagle + delayed ACK
+        # add ~40 ms to every response. Accepted connections inherit the option.
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"

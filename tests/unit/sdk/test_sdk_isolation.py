@@ -9,7 +9,17 @@ import sys
 from pathlib import Path
 
 SDK_DIR = Path(__file__).resolve().parents[3] / "sdk"
-FORBIDDEN_ROOTS = {"torch", "numpy", "transformers", "peft", "opacus", "fastavro", "aiokafka", "duckdb", "cryptography"}
+FORBIDDEN_ROOTS = {
+    "torch",
+    "numpy",
+    "transformers",
+    "peft",
+    "opacus",
+    "fastavro",
+    "aiokafka",
+    "duckdb",
+    "cryptography",
+}
 SERVER_MODULES = {"events", "trainer", "crypto", "gateway", "projections", "tssp", "schemas"}
 
 

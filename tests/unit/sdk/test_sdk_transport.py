@@ -39,16 +39,22 @@ class Script:
 
 
 def sync_http(script: Script, sleeps: list[float], **retry: Any) -> SyncHTTP:
-    return SyncHTTP("http://t", "tml-k", retry=RetryPolicy(**retry), transport=httpx.MockTransport(script),
-                    sleep=sleeps.append)
+    return SyncHTTP(
+        "http://t",
+        "tml-k",
+        retry=RetryPolicy(**retry),
+        transport=httpx.MockTransport(script),
+        sleep=sleeps.append,
+    )
 
 
 def async_http(script: Script, sleeps: list[float], **retry: Any) -> AsyncHTTP:
     async def sleep(s: float) -> None:
         sleeps.append(s)
 
-    return AsyncHTTP("http://t", "tml-k", retry=RetryPolicy(**retry), transport=httpx.MockTransport(script),
-                     sleep=sleep)
+    return AsyncHTTP(
+        "http://t", "tml-k", retry=RetryPolicy(**retry), transport=httpx.MockTransport(script), sleep=sleep
+    )
 
 
 OK = httpx.Response(202, json={"future_id": "fut_1"})
@@ -128,18 +134,21 @@ def test_idempotency_in_progress_is_retried() -> None:
     assert len(sleeps) == 1 and script.keys[0] == script.keys[1]
 
 
-@pytest.mark.parametrize("status,code,cls", [
-    (400, "invalid_request", tensafe.ValidationError),
-    (400, "schema_violation", tensafe.ValidationError),
-    (401, "unauthenticated", tensafe.AuthenticationError),
-    (403, "forbidden", tensafe.PermissionDeniedError),
-    (404, "not_found", tensafe.NotFoundError),
-    (409, "conflict", tensafe.ConflictError),
-    (409, "idempotency_conflict", tensafe.IdempotencyConflictError),
-    (413, "payload_too_large", tensafe.PayloadTooLargeError),
-    (422, "budget_exceeded", tensafe.BudgetExceededError),
-    (501, "not_implemented", tensafe.ServerError),
-])
+@pytest.mark.parametrize(
+    "status,code,cls",
+    [
+        (400, "invalid_request", tensafe.ValidationError),
+        (400, "schema_violation", tensafe.ValidationError),
+        (401, "unauthenticated", tensafe.AuthenticationError),
+        (403, "forbidden", tensafe.PermissionDeniedError),
+        (404, "not_found", tensafe.NotFoundError),
+        (409, "conflict", tensafe.ConflictError),
+        (409, "idempotency_conflict", tensafe.IdempotencyConflictError),
+        (413, "payload_too_large", tensafe.PayloadTooLargeError),
+        (422, "budget_exceeded", tensafe.BudgetExceededError),
+        (501, "not_implemented", tensafe.ServerError),
+    ],
+)
 def test_non_retryable_errors_raise_at_once(status: int, code: str, cls: type) -> None:
     script, sleeps = Script(err(status, code)), []
     with pytest.raises(cls) as ei:
@@ -167,7 +176,9 @@ def test_connection_errors_are_retried_then_raised() -> None:
 def test_headers_and_json_encoding() -> None:
     script, sleeps = Script(OK), []
     http = sync_http(script, sleeps)
-    http.request("POST", "/x", json={"text": "é", "n": [1, 2]}, params={"a": None, "b": True, "ids": ["x", "y"]})
+    http.request(
+        "POST", "/x", json={"text": "é", "n": [1, 2]}, params={"a": None, "b": True, "ids": ["x", "y"]}
+    )
     r = script.seen[0]
     assert r.headers["Authorization"] == "Bearer tml-k"
     assert r.headers["Content-Type"] == "application/json"

@@ -21,29 +21,69 @@ from tensafe.types import (
 
 
 def test_public_names_are_exported() -> None:
-    for name in ("ServiceClient", "TrainingClient", "TrainingConfig", "LoRAConfig", "DPConfig", "AdamParams",
-                 "FutureHandle", "TenSafeError", "AuthenticationError", "NotFoundError", "BudgetExceededError",
-                 "ValidationError", "ConflictError", "RateLimitError", "ServerError", "FutureFailedError",
-                 "FutureCancelledError", "FutureTimeoutError", "SamplingParams", "DPMetrics", "SampleResult"):
+    for name in (
+        "ServiceClient",
+        "TrainingClient",
+        "TrainingConfig",
+        "LoRAConfig",
+        "DPConfig",
+        "AdamParams",
+        "FutureHandle",
+        "TenSafeError",
+        "AuthenticationError",
+        "NotFoundError",
+        "BudgetExceededError",
+        "ValidationError",
+        "ConflictError",
+        "RateLimitError",
+        "ServerError",
+        "FutureFailedError",
+        "FutureCancelledError",
+        "FutureTimeoutError",
+        "SamplingParams",
+        "DPMetrics",
+        "SampleResult",
+    ):
         assert hasattr(tensafe, name), name
         assert name in tensafe.__all__
 
 
 def test_training_config_to_dict_omits_unset_and_round_trips() -> None:
-    cfg = TrainingConfig(model_ref="m", lora_config=LoRAConfig(rank=16, alpha=32),
-                         dp_config=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=8.0), batch_size=8)
+    cfg = TrainingConfig(
+        model_ref="m",
+        lora_config=LoRAConfig(rank=16, alpha=32),
+        dp_config=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=8.0),
+        batch_size=8,
+    )
     d = cfg.to_dict()
-    assert d == {"model_ref": "m", "lora_config": {"rank": 16, "alpha": 32},
-                 "dp_config": {"enabled": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "target_epsilon": 8.0,
-                               "target_delta": 1e-5, "accountant": "rdp"},
-                 "batch_size": 8}
+    assert d == {
+        "model_ref": "m",
+        "lora_config": {"rank": 16, "alpha": 32},
+        "dp_config": {
+            "enabled": True,
+            "noise_multiplier": 1.0,
+            "max_grad_norm": 1.0,
+            "target_epsilon": 8.0,
+            "target_delta": 1e-5,
+            "accountant": "rdp",
+        },
+        "batch_size": 8,
+    }
     assert TrainingConfig.from_dict(d) == cfg
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"accountant": "gdp"}, {"sampling": "shuffle"}, {"noise_multiplier": 0.0}, {"target_delta": 1.0},
-    {"max_grad_norm": -1.0}, {"target_epsilon": 0}, {"dataset_size": 0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"accountant": "gdp"},
+        {"sampling": "shuffle"},
+        {"noise_multiplier": 0.0},
+        {"target_delta": 1.0},
+        {"max_grad_norm": -1.0},
+        {"target_epsilon": 0},
+        {"dataset_size": 0},
+    ],
+)
 def test_dp_config_rejects_bad_values(kwargs: dict) -> None:
     with pytest.raises(tensafe.ValidationError) as ei:
         DPConfig(**kwargs)
@@ -56,27 +96,59 @@ def test_dp_disabled_allows_zero_noise() -> None:
 
 
 def test_from_dict_ignores_unknown_and_builds_nested() -> None:
-    r = SaveStateResult.from_dict({
-        "artifact_id": "art_1", "content_hash": "sha256:ab", "size": 3, "future_field": 1,
-        "encryption": {"algorithm": "AES-256-GCM", "key_id": "k1", "extra": True},
-        "dp_certificate": {"epsilon": 1.5, "delta": 1e-5, "checkpoint": {"tree_size": 4, "root_hash": "ff"}},
-    })
+    r = SaveStateResult.from_dict(
+        {
+            "artifact_id": "art_1",
+            "content_hash": "sha256:ab",
+            "size": 3,
+            "future_field": 1,
+            "encryption": {"algorithm": "AES-256-GCM", "key_id": "k1", "extra": True},
+            "dp_certificate": {
+                "epsilon": 1.5,
+                "delta": 1e-5,
+                "checkpoint": {"tree_size": 4, "root_hash": "ff"},
+            },
+        }
+    )
     assert r.encryption.algorithm == "AES-256-GCM" and r.encryption.key_id == "k1"
     assert r.encrypted is True
     assert r.dp_certificate is not None and r.dp_certificate.checkpoint is not None
     assert r.dp_certificate.checkpoint.tree_size == 4
     s = SampleResult.from_dict({"samples": [{"completion": "hi", "tokens": [1], "finish_reason": "stop"}]})
     assert s.samples[0].completion == "hi"
-    page = AuditLogPage.from_dict({"entries": [{"seq": 1, "partition": 0, "event_type": "e", "event_id": "i",
-                                                "ts_ms": 5, "hash": "a", "prev_hash": "b"}], "next_after_seq": 1})
+    page = AuditLogPage.from_dict(
+        {
+            "entries": [
+                {
+                    "seq": 1,
+                    "partition": 0,
+                    "event_type": "e",
+                    "event_id": "i",
+                    "ts_ms": 5,
+                    "hash": "a",
+                    "prev_hash": "b",
+                }
+            ],
+            "next_after_seq": 1,
+        }
+    )
     assert page.entries[0].seq == 1 and page.entries[0].command_id is None
-    st_ = TrainingClientStatus.from_dict({"client_id": "tc_1", "status": "ready", "dp": {"epsilon_spent": 0.5}})
+    st_ = TrainingClientStatus.from_dict(
+        {"client_id": "tc_1", "status": "ready", "dp": {"epsilon_spent": 0.5}}
+    )
     assert st_.dp is not None and st_.dp.epsilon_spent == 0.5
 
 
 def test_result_types_cover_every_future_type() -> None:
-    assert set(RESULT_TYPES) == {"create_training_client", "forward_backward", "optim_step", "train_step",
-                                 "sample", "save_state", "load_state"}
+    assert set(RESULT_TYPES) == {
+        "create_training_client",
+        "forward_backward",
+        "optim_step",
+        "train_step",
+        "sample",
+        "save_state",
+        "load_state",
+    }
 
 
 @given(
@@ -86,30 +158,41 @@ def test_result_types_cover_every_future_type() -> None:
     delta=st.floats(min_value=1e-12, max_value=0.5),
 )
 def test_dp_metrics_round_trip(eps: float, target: float, steps: int, delta: float) -> None:
-    m = DPMetrics(epsilon_spent=eps, epsilon_remaining=max(0.0, target - eps), target_epsilon=target, delta=delta,
-                  steps=steps, accountant="rdp", sampling_mode="poisson", guarantee="exact")
+    m = DPMetrics(
+        epsilon_spent=eps,
+        epsilon_remaining=max(0.0, target - eps),
+        target_epsilon=target,
+        delta=delta,
+        steps=steps,
+        accountant="rdp",
+        sampling_mode="poisson",
+        guarantee="exact",
+    )
     assert DPMetrics.from_dict(m.to_dict()) == m
 
 
-@pytest.mark.parametrize("status,code,cls", [
-    (400, "invalid_request", errors.ValidationError),
-    (400, "schema_violation", errors.ValidationError),
-    (401, "unauthenticated", errors.AuthenticationError),
-    (403, "forbidden", errors.PermissionDeniedError),
-    (404, "not_found", errors.NotFoundError),
-    (405, "method_not_allowed", errors.ValidationError),
-    (409, "conflict", errors.ConflictError),
-    (409, "idempotency_conflict", errors.IdempotencyConflictError),
-    (409, "idempotency_in_progress", errors.ConflictError),
-    (413, "payload_too_large", errors.PayloadTooLargeError),
-    (415, "unsupported_media_type", errors.ValidationError),
-    (422, "budget_exceeded", errors.BudgetExceededError),
-    (429, "rate_limited", errors.RateLimitError),
-    (500, "internal_error", errors.ServerError),
-    (502, "bad_gateway", errors.ServerError),
-    (503, "unavailable", errors.ServerError),
-    (504, "upstream_timeout", errors.ServerError),
-])
+@pytest.mark.parametrize(
+    "status,code,cls",
+    [
+        (400, "invalid_request", errors.ValidationError),
+        (400, "schema_violation", errors.ValidationError),
+        (401, "unauthenticated", errors.AuthenticationError),
+        (403, "forbidden", errors.PermissionDeniedError),
+        (404, "not_found", errors.NotFoundError),
+        (405, "method_not_allowed", errors.ValidationError),
+        (409, "conflict", errors.ConflictError),
+        (409, "idempotency_conflict", errors.IdempotencyConflictError),
+        (409, "idempotency_in_progress", errors.ConflictError),
+        (413, "payload_too_large", errors.PayloadTooLargeError),
+        (415, "unsupported_media_type", errors.ValidationError),
+        (422, "budget_exceeded", errors.BudgetExceededError),
+        (429, "rate_limited", errors.RateLimitError),
+        (500, "internal_error", errors.ServerError),
+        (502, "bad_gateway", errors.ServerError),
+        (503, "unavailable", errors.ServerError),
+        (504, "upstream_timeout", errors.ServerError),
+    ],
+)
 def test_error_mapping_by_code(status: int, code: str, cls: type) -> None:
     body = {"error": {"code": code, "message": "m", "details": {"x": 1}, "request_id": "req_1"}}
     e = errors.error_from_response(status, body)
@@ -126,7 +209,9 @@ def test_error_mapping_without_json_body_falls_back_on_status() -> None:
 
 
 def test_future_errors() -> None:
-    e = errors.future_error("fut_1", "failed", {"code": "budget_exceeded", "message": "no", "details": {"a": 1}})
+    e = errors.future_error(
+        "fut_1", "failed", {"code": "budget_exceeded", "message": "no", "details": {"a": 1}}
+    )
     assert isinstance(e, errors.FutureFailedError) and isinstance(e, errors.BudgetExceededError)
     assert e.code == "budget_exceeded" and e.future_id == "fut_1" and e.details == {"a": 1}
     c = errors.future_error("fut_2", "cancelled", None)
