@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         topic_prefix=args.topic_prefix,
         partitions=args.partitions,
     )
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    # no access log: a log line per request costs more than the rest of an accept
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,15 @@ log = logging.getLogger(__name__)
 
 
 class LogFollowers:
-    def __init__(self, bootstrap: str, topics: TopicNames, partitions: int, model: ReadModel, *, commands: bool) -> None:
+    def __init__(
+        self, bootstrap: str, topics: TopicNames, partitions: int, model: ReadModel, *, commands: bool, commands_live: bool
+    ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.partitions = partitions
         self.model = model
         self.follow_commands = commands
+        self.follow_commands_live = commands and commands_live
         self.ledger = [LedgerFollower(bootstrap, p, topic=topics.ledger) for p in range(partitions)]
         self.command_offsets = [0] * partitions
         self._stop = asyncio.Event()
@@ -55,6 +58,9 @@ class LogFollowers:
         async with contextlib.aclosing(it) as records:
             async for rec in records:
                 self.command_offsets[p] = rec.offset + 1
+                known = self.model.futures.get(_peek_command_id(rec.value) or "")
+                if known is not None and known.info.get("_from_command"):
+                    continue  # published by this process (or seen already): nothing new to learn
                 try:
                     cmd = Command.decode(rec.value)
                 except (codec.DecodeError, ValueError, KeyError) as exc:
@@ -66,7 +72,7 @@ class LogFollowers:
     def start(self) -> None:
         for f in self.ledger:
             self._tasks.append(asyncio.create_task(self._run(f"ledger-{f.partition}", self._follow_ledger(f))))
-        if self.follow_commands:
+        if self.follow_commands_live:
             for p in range(self.partitions):
                 self._tasks.append(asyncio.create_task(self._run(f"commands-{p}", self._follow_commands(p))))
 
@@ -107,3 +113,24 @@ class LogFollowers:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+
+
+def _peek_command_id(raw: bytes) -> str | None:
+    """The command id without decoding the record: it is the first field of
+    ``tensafe.command.Command`` (a zig-zag varint length, then UTF-8), right after the
+    10-byte single-object header. Saves decoding every command this gateway published."""
+    pos, shift, n = codec.HEADER_LEN, 0, 0
+    while pos < len(raw) and shift < 35:
+        b = raw[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    length = (n >> 1) ^ -(n & 1)
+    if length <= 0 or length > 200 or pos + length > len(raw):
+        return None
+    try:
+        return raw[pos : pos + length].decode("ascii")
+    except UnicodeDecodeError:
+        return None

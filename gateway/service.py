@@ -64,7 +64,12 @@ class GatewayService:
         self.auth = Authenticator(self.tenants)
         self.idempotency = IdempotencyStore(settings.idempotency_ttl_s, self._known_command)
         self.followers = LogFollowers(
-            settings.bootstrap, self.topics, settings.partitions, self.model, commands=settings.follow_commands
+            settings.bootstrap,
+            self.topics,
+            settings.partitions,
+            self.model,
+            commands=settings.follow_commands,
+            commands_live=settings.follow_commands_live,
         )
         self.producer: Any = None
         self.publisher: CommandPublisher | None = None

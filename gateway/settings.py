@@ -66,6 +66,11 @@ class Settings:
     # Rebuild futures of not-yet-accepted commands (and their idempotency fingerprints)
     # from tensafe.commands at start-up, so a retry after a restart is replayed, not re-sent.
     follow_commands: bool = True
+    # Also keep following tensafe.commands after start-up: only useful with several gateways
+    # (a command another gateway published is visible here before the trainer accepts it;
+    # after CommandAccepted every gateway knows it from the ledger anyway). Costs a consumer
+    # per partition that wakes on every command, so it is off by default.
+    follow_commands_live: bool = False
     version: str = "1.0.0"
     extra: dict[str, Any] = field(default_factory=dict)
 
