@@ -355,7 +355,7 @@ class ReadModel:
     # -- projecting one accepted record ------------------------------------------------
     def _project(self, p: int, offset: int, raw: bytes, out: Outcome, env: Envelope | None, rows: _BatchRows) -> None:
         if env is None:
-            env = decode_envelope(raw)
+            env = fast_envelope(raw)
         short = env.event_type.removeprefix(EVENT_NS)
         try:
             rec: dict[str, Any] | None = codec.decode_as(env.event_type, env.payload)
@@ -457,15 +457,15 @@ class ReadModel:
                 r["size"], env.ts_ms, r["dek_id"], r["step"], r["epsilon_spent"], env.event_id,
             )
         )  # fmt: skip
-        self._access(env, r["artifact_id"], "write", rows)
+        self._access(env, r["artifact_id"], "put", "checkpoint", r["size"], rows)
 
     def _on_state_loaded(self, env: Envelope, r: dict, c: _Client | None, rows: _BatchRows) -> None:
-        self._access(env, r["artifact_id"], "read", rows)
+        self._access(env, r["artifact_id"], "get", "checkpoint", None, rows)
         if c is not None:
             c.step = int(r["step"])
 
     def _on_artifact_accessed(self, env: Envelope, r: dict, c: _Client | None, rows: _BatchRows) -> None:
-        self._access(env, r["artifact_id"], r["action"], rows)
+        self._access(env, r["artifact_id"], r["action"], r["kind"], r["size"], rows)
 
     def _on_dataset_registered(self, env: Envelope, r: dict, c: _Client | None, rows: _BatchRows) -> None:
         artifact_id = r["artifact_id"] or r["dataset_id"]
@@ -481,7 +481,7 @@ class ReadModel:
                 None, env.ts_ms, None, None, None, env.event_id,
             )
         )  # fmt: skip
-        self._access(env, artifact_id, "write", rows)
+        self._access(env, artifact_id, "put", "dataset", None, rows)
 
     def _on_package_created(self, env: Envelope, r: dict, c: _Client | None, rows: _BatchRows) -> None:
         rows.tables["artifacts"].append(
@@ -491,7 +491,7 @@ class ReadModel:
                 env.event_id,
             )
         )  # fmt: skip
-        self._access(env, r["package_id"], "write", rows)
+        self._access(env, r["package_id"], "put", "package", None, rows)
 
     def _on_key_event(self, env: Envelope, r: dict, c: _Client | None, rows: _BatchRows) -> None:
         short = env.event_type.removeprefix(EVENT_NS)
@@ -508,11 +508,15 @@ class ReadModel:
             rows.touched_clients.update(cid for cid, cl in self._clients.items() if cl.tenant_id == env.tenant_id)
         rows.tables["keys"].append((env.tenant_id, *row, env.ts_ms, env.event_id, env.partition, env.seq))
 
-    def _access(self, env: Envelope, artifact_id: str, action: str, rows: _BatchRows) -> None:
+    def _access(
+        self, env: Envelope, artifact_id: str, action: str, kind: str, size: int | None, rows: _BatchRows
+    ) -> None:
+        # Typed events use the artifact store's own verbs (put/get), so `action = 'get'`
+        # finds every read whichever event recorded it.
         rows.tables["artifact_access"].append(
             (
                 artifact_id, env.tenant_id, action, env.ts_ms, env.client_id or None, env.event_id,
-                env.event_type.removeprefix(EVENT_NS), env.command_id,
+                env.event_type.removeprefix(EVENT_NS), env.command_id, kind, size,
             )
         )  # fmt: skip
 
@@ -638,6 +642,62 @@ def _replace(con: duckdb.DuckDBPyConnection, table: str, key: str, rows: list[tu
     keys = [row[0] for row in rows]
     con.execute(f"DELETE FROM {table} WHERE {_q(key)} IN ({', '.join('?' * len(keys))})", keys)
     _insert(con, table, rows)
+
+
+def _zigzag(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = acc = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        acc |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (acc >> 1) ^ -(acc & 1), pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _blob(buf: bytes, pos: int) -> tuple[bytes, int]:
+    n, pos = _zigzag(buf, pos)
+    end = pos + n
+    if n < 0 or end > len(buf):
+        raise ValueError("bad length")
+    return buf[pos:end], end
+
+
+def fast_envelope(raw: bytes) -> Envelope:
+    """Decode an Envelope by hand (~10x faster than fastavro here), else via the codec.
+
+    Only called on records the chain accepted, so the SOE header already matched the
+    current Envelope fingerprint: the field layout is docs/LEDGER_SPEC.md's table.
+    Anything unexpected (trailing bytes, a bad length) falls back to the full decoder.
+    """
+    try:
+        prev_hash = raw[10:42]
+        partition, pos = _zigzag(raw, 42)
+        seq, pos = _zigzag(raw, pos)
+        epoch, pos = _zigzag(raw, pos)
+        event_type, pos = _blob(raw, pos)
+        ts_ms, pos = _zigzag(raw, pos)
+        event_id, pos = _blob(raw, pos)
+        tenant_id, pos = _blob(raw, pos)
+        client_id, pos = _blob(raw, pos)
+        branch, pos = _zigzag(raw, pos)  # union {null, string}
+        command_id = None
+        if branch == 1:
+            cid, pos = _blob(raw, pos)
+            command_id = cid.decode()
+        elif branch != 0:
+            raise ValueError("bad union branch")
+        payload, pos = _blob(raw, pos)
+        if pos != len(raw) or len(prev_hash) != 32:
+            raise ValueError("trailing bytes")
+        return Envelope(
+            bytes(prev_hash), partition, seq, epoch, event_type.decode(), ts_ms, event_id.decode(),
+            tenant_id.decode(), client_id.decode(), command_id, bytes(payload),
+        )  # fmt: skip
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return decode_envelope(raw)
 
 
 def _restore_chain(partition: int, hashes: bytes, epoch: int) -> ChainState:

@@ -130,6 +130,8 @@ TABLES: dict[str, list[Column]] = {
         ("event_id", "VARCHAR", pa.string()),
         ("source_event", "VARCHAR", pa.string()),  # the ledger event type that recorded it
         ("command_id", "VARCHAR", pa.string()),
+        ("kind", "VARCHAR", pa.string()),  # checkpoint | dataset | package
+        ("size", "BIGINT", pa.int64()),  # bytes, when the event says
     ],
     "datasets": [
         ("dataset_id", "VARCHAR", pa.string()),

@@ -90,7 +90,7 @@ def client_events(
                        "ciphertext_sha256": _sha(art, "ct"), "size": 4096 + s, "dek_id": f"dek_{t}_0",
                        "include_optimizer": True, "step": s, "epsilon_spent": eps, "ledger_offset_hint": -1},
                        t, c, f"cmd_{c}_save{s}"))  # fmt: skip
-            ev.append(("ArtifactAccessed", {"artifact_id": art, "action": "read", "kind": "checkpoint",
+            ev.append(("ArtifactAccessed", {"artifact_id": art, "action": "get", "kind": "checkpoint",
                        "content_sha256": _sha(art), "size": 4096 + s}, t, c, None))  # fmt: skip
             ev.append(("StateLoaded", {"artifact_id": art, "content_sha256": _sha(art), "step": s}, t, c,
                        f"cmd_{c}_load{s}"))  # fmt: skip
