@@ -26,7 +26,8 @@ class ModelSpec:
     trainable: bool = True
     sampleable: bool = True
     # attention projections: the default LoRA targets when a client names none
-    default_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    # (what the trainer's attach_lora picks for Llama-style models)
+    default_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
     def to_json(self) -> dict[str, Any]:
         return {

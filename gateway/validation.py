@@ -71,6 +71,15 @@ class LoraConfig(Strict):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     target_modules: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]{1,128}$")]], Field(min_length=1, max_length=64)] | None = None
 
+    @field_validator("dropout")
+    @classmethod
+    def _no_dropout(cls, v: float) -> float:
+        # The trainer runs LoRA without dropout (and the command has no field for it):
+        # refusing beats silently training something other than what was asked.
+        if v != 0:
+            raise ValueError("only 0 is supported by this server (LoRA runs without dropout)")
+        return v
+
 
 class DPConfig(Strict):
     enabled: bool = True

@@ -58,6 +58,7 @@ CASES = [
     ("create", {"model_ref": "tensafe-tiny-llama", "dp_config": {"accountant": "gdp"}}, 400, "schema_violation", "dp_config.accountant"),
     ("create", {"model_ref": "tensafe-tiny-llama", "lora_config": {"rank": 0}}, 400, "schema_violation", "lora_config.rank"),
     ("create", {"model_ref": "tensafe-tiny-llama", "lora_config": {"dropout": 1.0}}, 400, "schema_violation", "lora_config.dropout"),
+    ("create", {"model_ref": "tensafe-tiny-llama", "lora_config": {"dropout": 0.1}}, 400, "schema_violation", "lora_config.dropout"),
     ("create", {"model_ref": "tensafe-tiny-llama", "batch_size": 257}, 400, "schema_violation", "batch_size"),
     ("create", {"model_ref": "tensafe-tiny-llama", "seed": 2**64}, 400, "schema_violation", "seed"),
     ("create", {"model_ref": "tensafe-tiny-llama", "metadata": {f"k{i}": i for i in range(33)}}, 400, "schema_violation", "metadata"),
