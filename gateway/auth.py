@@ -53,6 +53,9 @@ class Authenticator:
         self.ttl = ttl
         self.max_entries = max_entries
         self._cache: dict[bytes, tuple[Principal, float]] = {}
+        # Keys that failed recently: a client hammering a wrong key must not buy an
+        # Argon2 computation per request.
+        self._failed: dict[bytes, float] = {}
         self._store_version = store.version
         self._last_refresh = 0.0
         self.argon2_checks = 0  # observable: tests assert the cache works
@@ -67,6 +70,7 @@ class Authenticator:
         if self.store.version != self._store_version:
             self._store_version = self.store.version
             self._cache.clear()
+            self._failed.clear()  # a key issued just now must work at once
 
     async def authenticate(self, request: Request, *, write: bool) -> Principal:
         key = key_from_headers(request)
@@ -79,10 +83,15 @@ class Authenticator:
         if hit is not None and hit[1] > now:
             principal = hit[0]
         else:
+            if self._failed.get(digest, 0.0) > now:
+                raise unauthenticated("unknown or revoked API key")
             self.argon2_checks += 1
             # Argon2 takes ~20 ms of CPU: off the event loop.
             rec = await asyncio.to_thread(self.store.verify, key)
             if rec is None:
+                if len(self._failed) >= self.max_entries:
+                    self._failed.clear()
+                self._failed[digest] = now + 10.0
                 raise unauthenticated("unknown or revoked API key")
             principal = Principal(rec.tenant_id, rec.lookup, rec.scope)
             if len(self._cache) >= self.max_entries:

@@ -210,9 +210,13 @@ def _open(keyring: Any, f: FutureRec, blob: bytes | None) -> Any:
         except CryptoError as exc:
             last = exc
             continue
-        if clear[:2] == codec.SOE_MAGIC:
-            return codec.decode(clear)[1]
-        return json.loads(clear)
+        try:
+            if clear[:2] == codec.SOE_MAGIC:
+                return codec.decode(clear)[1]
+            return json.loads(clear)
+        except ValueError as exc:  # codec.DecodeError is a ValueError too
+            log.warning("future %s: sealed result is neither a data record nor JSON: %s", f.command_id, exc)
+            return None
     log.warning("future %s: sealed result does not open: %s", f.command_id, last)
     return None
 

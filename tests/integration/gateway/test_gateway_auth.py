@@ -49,6 +49,11 @@ async def test_verified_keys_are_cached_and_revocation_applies(env: Env) -> None
         for _ in range(5):
             assert (await c.get("/api/v1/training_clients", headers=t.h)).status_code == 200
         assert auth.argon2_checks == 1
+        lookup, secret = parse_key(t.key)  # type: ignore[misc]
+        wrong = f"tml-{lookup}-{'0' * 48 if secret != '0' * 48 else '1' * 48}"
+        for _ in range(5):  # a wrong secret costs one Argon2 check, not one per request
+            assert (await c.get("/api/v1/training_clients", headers={"X-API-Key": wrong})).status_code == 401
+        assert auth.argon2_checks == 2
         TenantStore(env.tenants_path).revoke_key(t.key)  # another process (the CLI) revokes
         auth._last_refresh = 0.0  # don't wait for the 0.5 s refresh interval
         r = await c.get("/api/v1/training_clients", headers=t.h)
