@@ -148,8 +148,10 @@ class ReadModel:
         return sorted(items.values(), key=lambda r: r.order, reverse=True)
 
     def _index(self, kind: str, tenant_id: str, key: str, rec: Any) -> None:
+        # Newest first by creation time, not by when this process learned of it: at start-up
+        # the partitions are replayed concurrently. The counter only breaks ties.
         self._order += 1
-        rec.order = self._order
+        rec.order = int(rec.created_ms) * 1_000_000 + self._order % 1_000_000
         self._by_tenant.setdefault(tenant_id, {}).setdefault(kind, {})[key] = rec
 
     def pending_steps(self, client_id: str) -> int:
