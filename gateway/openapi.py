@@ -170,6 +170,7 @@ ERRORS = {
     "413": "payload_too_large",
     "415": "unsupported_media_type",
     "422": "budget_exceeded",
+    "429": "rate_limited",
     "500": "internal_error",
     "503": "unavailable",
     "504": "upstream_timeout",
@@ -205,7 +206,7 @@ def _op(
     body_required: bool = True,
     params: list[dict[str, Any]] | None = None,
     auth: bool = True,
-    errors: tuple[str, ...] = ("400", "401", "403", "404", "500", "503"),
+    errors: tuple[str, ...] = ("400", "401", "403", "404", "429", "500", "503"),
 ) -> dict[str, Any]:
     status, schema = ok
     responses: dict[str, Any] = {
@@ -222,7 +223,7 @@ def _op(
     return op
 
 
-POST_ERRORS = ("400", "401", "403", "404", "409", "413", "415", "422", "500", "503", "504")
+POST_ERRORS = ("400", "401", "403", "404", "409", "413", "415", "422", "429", "500", "503", "504")
 
 
 def _request_schemas() -> dict[str, Any]:
@@ -244,7 +245,7 @@ def _document(version: str, models: tuple[str, ...]) -> dict[str, Any]:
         "/openapi.json": {"get": _op("this document", ("200", "Health"), auth=False, errors=())},
         "/api/v1/healthz": {"get": _op("liveness and broker reachability", ("200", "Health"), auth=False, errors=("503",))},
         "/api/v1/openapi.json": {"get": _op("this document", ("200", "Health"), auth=False, errors=())},
-        "/api/v1/models": {"get": _op("models that can be trained / sampled", ("200", "Models"), errors=("401", "403"))},
+        "/api/v1/models": {"get": _op("models that can be trained / sampled", ("200", "Models"), errors=("401", "403", "429"))},
         "/api/v1/training_clients": {
             "post": _op("create a training client", ("202", "TrainingClientAccepted"), body="CreateTrainingClientRequest", errors=POST_ERRORS),
             "get": _op("list training clients (newest first)", ("200", "TrainingClientList"), params=PAGE),
@@ -294,7 +295,7 @@ def _document(version: str, models: tuple[str, ...]) -> dict[str, Any]:
                 params=[*fut, _query("wait", {"type": "number", "minimum": 0}, "seconds to wait for a terminal state (<= 30)")],
             ),
             "delete": {
-                **_op("cancel a pending future", ("200", "FutureState"), params=fut, errors=("401", "403", "404", "409", "500", "503")),
+                **_op("cancel a pending future", ("200", "FutureState"), params=fut, errors=("401", "403", "404", "409", "429", "500", "503")),
             },
         },
         "/api/v1/futures/{future_id}/cancel": {

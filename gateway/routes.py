@@ -21,6 +21,7 @@ from tensafe.gateway.auth import Principal
 from tensafe.gateway.errors import ApiError, conflict, invalid_request, not_found, one_violation
 from tensafe.gateway.http import idempotency_key, json_response, query_int, query_wait, read_json
 from tensafe.gateway.openapi import openapi_document
+from tensafe.gateway.ratelimit import RateLimiter
 from tensafe.gateway.service import GatewayService, Prepared, Submitted
 from tensafe.gateway.settings import ModelSpec
 
@@ -60,10 +61,15 @@ class RestApi:
     def __init__(self, service: GatewayService) -> None:
         self.svc = service
         self.settings = service.settings
+        rps = self.settings.rate_limit_rps
+        self.limiter = RateLimiter(rps, self.settings.rate_limit_burst) if rps else None
 
     # -- helpers --------------------------------------------------------------------------
     async def _who(self, request: Request, *, write: bool = False) -> Principal:
-        return await self.svc.auth.authenticate(request, write=write)
+        who = await self.svc.auth.authenticate(request, write=write)
+        if self.limiter is not None:
+            self.limiter.check(who.tenant_id)
+        return who
 
     def _spec(self, model_ref: str | None) -> ModelSpec:
         spec = self.settings.model(model_ref or "")

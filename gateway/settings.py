@@ -72,6 +72,8 @@ class Settings:
     # after CommandAccepted every gateway knows it from the ledger anyway). Costs a consumer
     # per partition that wakes on every command, so it is off by default.
     follow_commands_live: bool = False
+    rate_limit_rps: float | None = None  # per tenant; None = no limit
+    rate_limit_burst: float = 50.0
     version: str = "1.0.0"
     extra: dict[str, Any] = field(default_factory=dict)
 

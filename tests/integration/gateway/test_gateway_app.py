@@ -69,3 +69,14 @@ async def test_healthz_degrades_when_a_follower_dies(env: Env) -> None:
         svc.followers.errors.append("ledger-0: LedgerError: breaks the chain")
         r = await c.get("/healthz")
         assert r.status_code == 503 and r.json()["status"] == "degraded" and "ledger-0" in r.json()["reasons"][0]
+
+
+async def test_rate_limit_per_tenant(env: Env) -> None:
+    a, b = env.tenant("a"), env.tenant("b")
+    async with env.gateway(rate_limit_rps=1.0, rate_limit_burst=3) as c:
+        codes = [(await c.get("/api/v1/models", headers=a.h)).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        r = await c.get("/api/v1/models", headers=a.h)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["code"] == "rate_limited" and r.json()["error"]["details"]["retry_after_s"] > 0
+        assert (await c.get("/api/v1/models", headers=b.h)).status_code == 200  # per tenant
