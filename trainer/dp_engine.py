@@ -90,6 +90,9 @@ class DPEngine:
         if private and not (max_grad_norm > 0 and math.isfinite(max_grad_norm)):
             raise ValueError("max_grad_norm must be finite and > 0")
         self.model = _unwrap(model)  # the peft model; peft calls must go to this, never the wrapper
+        if hasattr(self.model, "autograd_grad_sample_hooks"):
+            # Opacus hooks live on the submodules: a second engine would silently share them.
+            raise ValueError("model already carries Opacus hooks (another DPEngine); use a fresh model")
         self.max_grad_norm = float(max_grad_norm)
         self.private = private
         self.token_reduction = token_reduction

@@ -98,6 +98,10 @@ class DPConfig:
             raise ValueError("target_delta must be in (0, 1)")
         if self.target_delta >= 1.0 / self.dataset_size:
             raise ValueError("target_delta must be < 1/dataset_size")
+        if self.target_epsilon is not None and not (
+            self.target_epsilon > 0 and math.isfinite(self.target_epsilon)
+        ):
+            raise ValueError("target_epsilon must be finite and > 0 (or None for no budget)")
         if self.noise_multiplier is None:
             if self.target_epsilon is None or not self.planned_steps:
                 raise ValueError("noise_multiplier=None needs target_epsilon and planned_steps to calibrate")
@@ -244,14 +248,20 @@ class DPTrainer:
         mb = microbatch_size or max(1, len(idx))
         loss_sum, tokens = 0.0, 0.0
         norms: list[float] = []
-        for start in range(0, len(idx), mb):
-            rep = self._forward_backward(
-                [_as_sample(dataset[int(i)]) for i in idx[start : start + mb]], False
-            )
-            loss_sum += rep["loss_sum"]
-            tokens += rep["num_tokens"]
-            norms += rep["clip"]["per_sample_norms"]
-        out = self._optim_step(adam)
+        try:
+            for start in range(0, len(idx), mb):
+                rep = self._forward_backward(
+                    [_as_sample(dataset[int(i)]) for i in idx[start : start + mb]], False
+                )
+                loss_sum += rep["loss_sum"]
+                tokens += rep["num_tokens"]
+                norms += rep["clip"]["per_sample_norms"]
+            out = self._optim_step(adam)
+        except BaseException:
+            # A failed step releases nothing; drop its partial clipped sums. (The sampler
+            # has moved on, which costs no privacy: nothing was published for that draw.)
+            self.engine.clear()
+            raise
         C = cfg.max_grad_norm
         out |= {
             "batch_size": len(idx),

@@ -202,3 +202,12 @@ def test_forward_reports_logprobs_and_losses() -> None:
     assert rep["loss_mean"] == pytest.approx(rep["loss_sum"] / rep["num_tokens"])
     hf = engine.forward(ragged_samples(2, seed=1, hf=True))
     assert torch.isnan(hf["logprobs"][0][-1])  # no target after the last token
+
+
+def test_a_model_cannot_carry_two_engines() -> None:
+    model = tiny_lora()
+    DPEngine(model, max_grad_norm=1.0)
+    with pytest.raises(ValueError):
+        DPEngine(model, max_grad_norm=1.0)
+    with pytest.raises(ValueError):
+        DPEngine(model, max_grad_norm=1.0, private=False)
