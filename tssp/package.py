@@ -207,7 +207,7 @@ def _prepare_provenance(provenance: Mapping[str, Any], adapter_config: dict[str,
     prov["adapter"] = {"format": ADAPTER_FORMAT, "files": list(ADAPTER_FILES), "config": adapter_config}
     try:
         prov, evidence = validate_provenance(_json.loads(_json.dumps(prov), "provenance"))
-    except (StrictJSONError, TypeError) as exc:
+    except (TypeError, ValueError) as exc:  # StrictJSONError, or json.dumps refusing NaN
         raise ValueError(f"invalid provenance: {exc}") from None
     # Never sign evidence that a verifier would refuse.
     cp = evidence.checkpoint
@@ -263,7 +263,7 @@ def create_package(
     prov = _prepare_provenance(provenance, adapter_config)
     try:
         cert = validate_dp_certificate(_json.loads(_json.dumps(dict(dp_certificate)), "dp_certificate"))
-    except (StrictJSONError, TypeError) as exc:
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"invalid dp_certificate: {exc}") from None
 
     package_id = "tssp_" + secrets.token_hex(16)

@@ -13,10 +13,13 @@ is also not ``true``: all of these deny (FINDINGS.md "Policy (OPA / Rego)").
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -56,6 +59,29 @@ CONFIG_KEYS: dict[str, str] = {
     "allow_test_mode": "bool",
     "max_steps": "int",
 }
+
+
+def _import_regopy() -> Any:
+    """Import regopy without poisoning the C++ runtime for torch.
+
+    rego-cpp's ``librego_shared.so`` exports its own ``operator new/delete`` (snmalloc). If it
+    is the first library to pull in ``libstdc++``, libstdc++'s internal allocations bind to
+    that allocator, and a later ``import torch`` dies with "double free or corruption"
+    (regopy 1.5.2, torch 2.13; torch imported *first* is fine). Loading libstdc++ on its
+    own first gives it its own allocator, which is exactly the torch-first situation.
+    """
+    if "regopy" not in sys.modules and sys.platform.startswith("linux"):
+        for name in ("libstdc++.so.6", ctypes.util.find_library("stdc++")):
+            if not name:
+                continue
+            try:
+                ctypes.CDLL(name)
+                break
+            except OSError:
+                continue
+    import regopy
+
+    return regopy
 
 
 class PolicyError(ValueError):
@@ -213,10 +239,10 @@ class Policy:
     # -- evaluation -----------------------------------------------------------------------
     def _interpreter(self) -> Any:
         try:
-            from regopy import Interpreter
+            regopy = _import_regopy()
         except ImportError as exc:  # pragma: no cover - regopy is a server dependency
             raise PolicyError("regopy is not installed (pip install 'tensafe[server]')") from exc
-        interp = Interpreter()
+        interp = regopy.Interpreter()
         for name, source in self.modules.items():
             try:
                 interp.add_module(name, source)

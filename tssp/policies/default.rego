@@ -79,7 +79,9 @@ deny contains msg if {
 	msg := "test_mode: the certificate comes from a seeded (test-mode) run, whose noise is predictable"
 }
 
+# Allow only a TSSP input document, with a config object present, and no deny reason.
 allow if {
 	is_object(cfg)
+	input.dp.type == "https://tensafe.dev/dp-certificate/v1"
 	count(deny) == 0
 }

@@ -7,30 +7,17 @@ hybrid key generation) run once for the whole suite.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tensafe.crypto.kem import HybridKemPrivateKey
 from tensafe.crypto.signing import HybridSigningKey
-from tensafe.events.checkpoint_format import (
-    Checkpoint,
-    EventPosition,
-    InclusionProofFile,
-    SignedCheckpoint,
-    ledger_origin,
-)
-from tensafe.events.merkle import MerkleTree, leaf_hash
 from tensafe.trainer.models import SHIPPED_MODELS_DIR
-from tensafe.tssp import Policy, create_package, dp_certificate_from_metrics, model_weights_sha256
-
-LEDGER_ID = "test-ledger"
-PARTITION = 2
-BASE_REF = "tiny-test-llama"
+from tensafe.tssp import Policy, create_package, dp_certificate_from_metrics
+from tssp_helpers import BASE_REF, Keys, TinyModel, make_provenance
 
 
 def _tokenizer_files(dest: Path) -> int:
@@ -58,14 +45,6 @@ def _tokenizer_files(dest: Path) -> int:
     return len(AutoTokenizer.from_pretrained(str(dest), local_files_only=True))
 
 
-@dataclass
-class TinyModel:
-    base_dir: Path
-    adapter_dir: Path
-    dp_metrics: dict[str, Any]
-    vocab: int
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     import torch
@@ -81,31 +60,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 
     peft = attach_lora(base, rank=4, alpha=8, seed=1)
     cfg = DPConfig(
-        noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=None, target_delta=1e-3,
-        dataset_size=32, expected_batch_size=8,
+        noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=None, target_delta=1e-4,
+        dataset_size=64, expected_batch_size=4,
     )  # fmt: skip
     trainer = DPTrainer(peft, cfg, seed=b"tssp-test", test_mode=True)
     g = torch.Generator().manual_seed(0)
-    data = [torch.randint(3, vocab, (6 + i % 5,), generator=g).tolist() for i in range(32)]
+    data = [torch.randint(3, vocab, (6 + i % 5,), generator=g).tolist() for i in range(64)]
     for _ in range(2):
         trainer.train_step_on_dataset(data, {"learning_rate": 5e-2}, microbatch_size=8)
     adapter_dir = root / "adapter"
     trainer.export_adapter(str(adapter_dir))
     return TinyModel(base_dir, adapter_dir, trainer.dp_metrics(), vocab)
-
-
-@dataclass
-class Keys:
-    signer: HybridSigningKey
-    ledger: HybridSigningKey
-    other_signer: HybridSigningKey
-    alice: HybridKemPrivateKey
-    bob: HybridKemPrivateKey
-    mallory: HybridKemPrivateKey
-
-    @property
-    def trusted(self) -> dict:
-        return {k.key_id: k.public_key() for k in (self.signer, self.ledger)}
 
 
 @pytest.fixture(scope="session")
@@ -118,43 +83,6 @@ def keys() -> Keys:
         HybridKemPrivateKey.generate(),
         HybridKemPrivateKey.generate(),
     )
-
-
-def make_evidence(ledger_key: HybridSigningKey, n_events: int = 13, proven: tuple[int, ...] = (0, 5, 12)):
-    """A signed checkpoint over ``n_events`` chain hashes and inclusion proofs of some of them."""
-    tree = MerkleTree()
-    hashes = [hashlib.sha256(b"event-%d" % i).digest() for i in range(n_events)]
-    for h in hashes:
-        tree.append(h)
-    cp = Checkpoint(ledger_origin(LEDGER_ID, PARTITION), n_events, tree.root(), hashes[-1], 1_700_000_000_000)
-    signed = SignedCheckpoint.sign(cp, ledger_key)
-    proofs = [
-        InclusionProofFile(
-            position=EventPosition("tensafe.ledger", PARTITION, 100 + i),
-            leaf_hash=leaf_hash(hashes[i]),
-            index=i,
-            size=n_events,
-            path=tuple(tree.inclusion_proof(i, n_events)),
-            checkpoint=signed,
-        )
-        for i in proven
-    ]
-    return signed, proofs
-
-
-def make_provenance(tiny: TinyModel, keys: Keys, *, with_evidence: bool = True) -> dict[str, Any]:
-    signed, proofs = make_evidence(keys.ledger) if with_evidence else (None, [])
-    return {
-        "base_model": {"ref": BASE_REF, "weights_sha256": model_weights_sha256(tiny.base_dir)},
-        "tenant_id": "tenant-a",
-        "training_client_id": "tc_0123",
-        "ledger": {
-            "ledger_id": LEDGER_ID,
-            "partition": PARTITION,
-            "checkpoint": signed,
-            "inclusion_proofs": proofs,
-        },
-    }
 
 
 @pytest.fixture(scope="session")
