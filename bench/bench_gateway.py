@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-RATE = 200.0  # requests per second
+RATE = float(os.environ.get("GATEWAY_BENCH_RATE", "200"))  # requests per second
 BODY = {"batch": {"input_ids": [[(7 * i + j) % 8000 + 1 for j in range(64)] for i in range(4)]}}
 
 
@@ -153,7 +153,7 @@ async def _bench(quick: bool) -> dict[str, float]:
          "--port", str(port)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    producer = kafka_io.make_producer(bootstrap)
+    producer = kafka_io.make_producer(bootstrap, linger_ms=0)  # the gateway's producer settings
     try:
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}, timeout=30) as http:

@@ -82,7 +82,9 @@ class GatewayService:
         s = self.settings
         if s.create_topics:
             await ensure_topics(s.bootstrap, partitions=s.partitions, topic_prefix=s.topic_prefix)
-        self.producer = kafka_io.make_producer(s.bootstrap, client_id="tensafe-gateway")
+        # linger 0: a request waits for its own record's ack, batching would only add latency
+        # (under load aiokafka still batches whatever queues while a request is in flight).
+        self.producer = kafka_io.make_producer(s.bootstrap, client_id="tensafe-gateway", linger_ms=0)
         await self.producer.start()
         self.publisher = CommandPublisher(self.producer, self.topics.commands, s.partitions, s.keyring, s.max_command_bytes)
         # The read model is the whole log: serve only once it is caught up (read-your-writes
