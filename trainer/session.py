@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tensafe.trainer.accountant import BudgetExceeded
-from tensafe.trainer.dp_trainer import AdamParams, DPConfig, DPTrainer
+from tensafe.trainer.dp_trainer import AdamParams, DPConfig, DPTrainer, SamplingModeError
 
 
 class CommandError(Exception):
@@ -83,6 +83,8 @@ class ClientSession:
                 rep = self.trainer.forward(tb, return_logprobs=payload["return_logprobs"])
             else:
                 rep = self.trainer.forward_backward(tb, return_logprobs=payload["return_logprobs"])
+        except SamplingModeError as exc:
+            raise CommandError("sampling_mode", str(exc)) from exc
         except ValueError as exc:
             raise CommandError("invalid_batch", str(exc)) from exc
         clip = rep.get("clip") or {}
@@ -109,6 +111,8 @@ class ClientSession:
         t0 = time.perf_counter()
         try:
             rep = self.trainer.optim_step(_adam(payload))
+        except SamplingModeError as exc:
+            raise CommandError("sampling_mode", str(exc)) from exc
         except BudgetExceeded as exc:
             return self._refused(exc)
         return Outcome("OptimStepApplied", self._step_payload(rep, payload["learning_rate"], t0), state_changed=True)
