@@ -74,6 +74,22 @@ def _batch_body(src: Mapping[str, Any]) -> dict[str, Any]:
         if [len(r) for r in m] != [len(r) for r in ids]:
             raise ValidationError(f"batch.{key}: shape differs from batch.input_ids", code="schema_violation")
         out[key] = m
+    return _pad_ragged(out)
+
+
+def _pad_ragged(batch: dict[str, Any]) -> dict[str, Any]:
+    """Right-pad rows of different lengths (input 0, mask 0, label -100): masked positions are never scored."""
+    lengths = [len(r) for r in batch["input_ids"]]
+    width = max(lengths)
+    if min(lengths) == width:
+        return batch
+    mask = batch.get("attention_mask") or [[1] * n for n in lengths]
+    out = {
+        "input_ids": [r + [0] * (width - len(r)) for r in batch["input_ids"]],
+        "attention_mask": [r + [0] * (width - len(r)) for r in mask],
+    }
+    if "labels" in batch:
+        out["labels"] = [r + [-100] * (width - len(r)) for r in batch["labels"]]
     return out
 
 

@@ -210,8 +210,9 @@ def test_cancel_pending_future(service: ServiceClient, gateway: FakeGateway) -> 
 def test_failed_futures_raise_typed_errors(service: ServiceClient, gateway: FakeGateway) -> None:
     tc = make_tc(service, target_epsilon=1.0)
     with pytest.raises(tensafe.FutureFailedError) as ei:
-        tc.optim_step().result()  # nothing accumulated
-    assert ei.value.code == "invalid_state" and ei.value.details["reason"] == "no_gradients"
+        tc.load_state("art_unknown")
+    assert ei.value.code == "not_found" and ei.value.details["resource"] == "artifact"
+    assert not isinstance(ei.value, tensafe.BudgetExceededError)
     gateway.paused = True
     for _ in range(2):
         tc.forward_backward(BATCH)
@@ -230,7 +231,9 @@ def test_get_future_is_typed_by_the_server_type(service: ServiceClient) -> None:
     tc = make_tc(service)
     fid = tc.forward_backward(BATCH, return_logprobs=True).future_id
     res = service.get_future(fid).result()
-    assert isinstance(res, tensafe.ForwardBackwardResult) and res.logprobs == [[-1.0] * 4, [-1.0] * 3]
+    assert (
+        isinstance(res, tensafe.ForwardBackwardResult) and res.logprobs == [[-1.0] * 4] * 2
+    )  # the ragged BATCH went out right-padded
 
 
 # ------------------------------------------------------------------ ordering and unobserved futures
@@ -315,6 +318,19 @@ def test_tensor_like_inputs_without_importing_torch(service: ServiceClient, gate
     }
     assert bodies[1]["batch"] == {"input_ids": [[7, 8, 9]]}
     assert bodies[3]["data"][0] == {"tokens": [1, 2], "target_tokens": [2, 3], "weights": [0.0, 1.0]}
+
+
+def test_ragged_rows_are_right_padded(service: ServiceClient, gateway: FakeGateway) -> None:
+    tc = make_tc(service)
+    tc.forward_backward({"input_ids": [[1, 2, 3], [4]], "labels": [[-100, 2, 3], [4]]}).result()
+    tc.forward_backward({"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1], [1]]}).result()
+    fb = [gateway.futures[fid].body["batch"] for _, t, fid in gateway.executed if t == "forward_backward"]
+    assert fb[0] == {
+        "input_ids": [[1, 2, 3], [4, 0, 0]],
+        "attention_mask": [[1, 1, 1], [1, 0, 0]],
+        "labels": [[-100, 2, 3], [4, -100, -100]],
+    }
+    assert fb[1] == {"input_ids": [[1, 2], [3, 0]], "attention_mask": [[1, 1], [1, 0]]}
 
 
 def test_numpy_arrays_are_accepted(service: ServiceClient, gateway: FakeGateway) -> None:
