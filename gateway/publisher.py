@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from aiokafka.errors import KafkaTimeoutError, RequestTimedOutError
 from tensafe.crypto.errors import KeyDestroyed, KeyNotFound
 from tensafe.crypto.sealed import seal
 from tensafe.events import codec
@@ -67,6 +68,10 @@ class CommandPublisher:
                 headers=hdrs or None,
             )
             md = await fut
+        except (KafkaTimeoutError, RequestTimedOutError) as exc:
+            raise ApiError(504, "upstream_timeout", "the broker did not acknowledge the command in time", {}) from exc
         except Exception as exc:  # broker trouble is the client's retryable 503, not a 500
-            raise ApiError(503, "unavailable", f"could not publish the command: {type(exc).__name__}", {}, {"Retry-After": "1"}) from exc
+            raise ApiError(
+                503, "unavailable", f"could not publish the command: {type(exc).__name__}", {}, {"Retry-After": "1"}
+            ) from exc
         return md.offset

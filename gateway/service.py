@@ -10,6 +10,7 @@ Tinker client and a TenSafe client drive the same trainer and ledger.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -166,10 +167,9 @@ class GatewayService:
         ``prepare`` gets the command id derived from the Idempotency-Key (fresh without
         one) and does all validation and sealing before anything is sent.
         """
-        if reservation.replay is not None:
-            cmd_id = ids.command_id(tenant_id, reservation.key)
-            return Submitted(reservation.replay.status, reservation.replay.body, True, self.model.futures.get(cmd_id))
         cmd_id = ids.command_id(tenant_id, reservation.key)
+        if reservation.replay is not None:
+            return Submitted(reservation.replay.status, reservation.replay.body, True, self.model.futures.get(cmd_id))
         prep = prepare(cmd_id)
         assert self.publisher is not None
         raw = self.publisher.encode(prep.command)
@@ -218,7 +218,5 @@ class GatewayService:
 
 
 def _json_bytes(v: Any) -> bytes:
-    import json
-
     return json.dumps(v, separators=(",", ":")).encode()
 
