@@ -70,6 +70,7 @@ class DatasetRec:
     metadata: dict[str, Any] = field(default_factory=dict)
     status: str = "pending"  # pending -> ready (DatasetRegistered) | failed
     artifact_id: str | None = None
+    command_id: str | None = None  # the RegisterDataset command
     order: int = 0
 
 
@@ -231,6 +232,7 @@ class ReadModel:
             created_ms=cmd.ts_ms,
             content_hash=extras.get("content_hash"),
             metadata=extras.get("metadata") or {},
+            command_id=cmd.command_id,
         )
         self.datasets[d.dataset_id] = d
         self._index("datasets", cmd.tenant_id, d.dataset_id, d)

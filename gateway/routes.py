@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import bisect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -82,7 +82,11 @@ class RestApi:
         return self.svc.publisher.seal_record(tenant_id, context, schema, record)
 
     async def _post(
-        self, request: Request, build: Callable[[Principal, str, dict[str, Any]], Prepared], *, limit: int | None = None
+        self,
+        request: Request,
+        build: Callable[[Principal, str, dict[str, Any]], Prepared | Awaitable[Prepared]],
+        *,
+        limit: int | None = None,
     ) -> Response:
         who = await self._who(request, write=True)
         key = idempotency_key(request)
@@ -118,7 +122,7 @@ class RestApi:
 
     # -- training clients ----------------------------------------------------------------------
     async def create_client(self, request: Request) -> Response:
-        def build(who: Principal, cmd_id: str, body: dict[str, Any]) -> Prepared:
+        async def build(who: Principal, cmd_id: str, body: dict[str, Any]) -> Prepared:
             req = v.parse(v.CreateTrainingClient, body)
             spec = self.settings.model(req.model_ref)
             if spec is None:
@@ -131,8 +135,9 @@ class RestApi:
                 dataset = self.svc.model.dataset(who.tenant_id, req.dataset_id)
                 if dataset is None:
                     raise not_found("dataset")
-                if dataset.status == "failed":
-                    raise conflict("dataset_failed", "the dataset could not be registered")
+                sampling = (req.dp_config.sampling if req.dp_config else None) or "poisson"
+                if sampling == "poisson":
+                    await self.svc.dataset_ready(dataset)
             return builders.create_training_client(who.tenant_id, cmd_id, req, spec, dataset)
 
         return await self._post(request, build)

@@ -10,10 +10,11 @@ Tinker client and a TenSafe client drive the same trainer and ledger.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from tensafe.gateway.followers import LogFollowers
 from tensafe.gateway.futures import FutureRec
 from tensafe.gateway.idempotency import IdempotencyStore, Reservation
 from tensafe.gateway.publisher import CommandPublisher
-from tensafe.gateway.readmodel import ClientRec, ReadModel
+from tensafe.gateway.readmodel import ClientRec, DatasetRec, ReadModel
 from tensafe.gateway.settings import Settings
 from tensafe.gateway.tenants import TenantStore
 
@@ -151,6 +152,17 @@ class GatewayService:
                 )
         return c
 
+    async def dataset_ready(self, d: DatasetRec) -> None:
+        """Wait (``dataset_wait_s``) until the trainer registered the dataset: a Poisson
+        client created before that would be refused by the trainer, which runs the
+        dataset's partition and the client's partition independently."""
+        if d.status == "pending" and d.command_id is not None:
+            await self.model.futures.wait_for(d.command_id, lambda r: r.terminal, self.settings.dataset_wait_s)
+        if d.status == "failed":
+            raise conflict("dataset_failed", "the dataset could not be registered")
+        if d.status != "ready":
+            raise conflict("dataset_not_ready", "the dataset is still being registered; retry shortly")
+
     def future_for(self, tenant_id: str, future_id: str) -> FutureRec:
         cmd_id = ids.command_id_of(future_id)
         f = self.model.future(tenant_id, cmd_id) if cmd_id else None
@@ -160,7 +172,7 @@ class GatewayService:
 
     # -- commands -----------------------------------------------------------------------------
     async def submit(
-        self, tenant_id: str, reservation: Reservation, prepare: Callable[[str], Prepared]
+        self, tenant_id: str, reservation: Reservation, prepare: Callable[[str], Prepared | Awaitable[Prepared]]
     ) -> Submitted:
         """Publish the command ``prepare(command_id)`` builds, unless this is a replay.
 
@@ -170,7 +182,8 @@ class GatewayService:
         cmd_id = ids.command_id(tenant_id, reservation.key)
         if reservation.replay is not None:
             return Submitted(reservation.replay.status, reservation.replay.body, True, self.model.futures.get(cmd_id))
-        prep = prepare(cmd_id)
+        built = prepare(cmd_id)
+        prep = await built if inspect.isawaitable(built) else built
         assert self.publisher is not None
         raw = self.publisher.encode(prep.command)
         headers = {"tensafe-idem": reservation.header_value(prep.status, prep.body), "tensafe-extras": prep.extras}

@@ -63,6 +63,7 @@ class Settings:
     max_sample_tokens: int = 4096
     max_wait_s: float = 30.0
     cancel_wait_s: float = 5.0  # how long DELETE /futures/{id} waits for the trainer's verdict
+    dataset_wait_s: float = 10.0  # how long a Poisson client's creation waits for its dataset
     idempotency_ttl_s: float = 24 * 3600.0
     # Rebuild futures of not-yet-accepted commands (and their idempotency fingerprints)
     # from tensafe.commands at start-up, so a retry after a restart is replayed, not re-sent.

@@ -222,3 +222,26 @@ async def test_pagination_newest_first(env: Env) -> None:
         assert seen == made[::-1]
         r = await c.get("/api/v1/training_clients", params={"cursor": "garbage!"}, headers=t.h)
         assert r.status_code == 400 and r.json()["error"]["details"] == {"parameter": "cursor"}
+
+
+async def test_poisson_client_waits_for_its_dataset(env: Env) -> None:
+    """The trainer runs the dataset's partition and the client's independently: a Poisson
+    client is only published once the dataset is registered (else 409 dataset_not_ready)."""
+    t = env.tenant()
+    async with env.trainer() as trainer, env.gateway(dataset_wait_s=0.5) as c:
+        trainer.hold = True
+        r = await c.post("/api/v1/datasets", json={"name": "d", "records": [{"text": "a"}]}, headers=t.h)
+        ds = r.json()["dataset_id"]
+        before = await env.command_count()
+        r = await c.post("/api/v1/training_clients", json={"model_ref": "tensafe-tiny-llama", "dataset_id": ds}, headers=t.h)
+        assert r.status_code == 409 and r.json()["error"]["details"]["reason"] == "dataset_not_ready"
+        assert await env.command_count() == before
+        create = asyncio.create_task(
+            c.post("/api/v1/training_clients", json={"model_ref": "tensafe-tiny-llama", "dataset_id": ds}, headers=t.h)
+        )
+        await asyncio.sleep(0.1)
+        await trainer.release()  # the registration lands while the request waits
+        r = await create
+        assert r.status_code == 202, r.text
+        done = await wait_status(c, t, r.json()["future_id"])
+        assert done["status"] == "completed" and done["result"]["dp"]["guarantee"] == "exact"
