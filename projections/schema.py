@@ -9,7 +9,7 @@ Tables (one row per ...):
 * ``ledger_events``     accepted ledger record (the log itself, decoded; payload as JSON)
 * ``training_clients``  training client: configuration and current status
 * ``steps``             DP optimizer step (OptimStepApplied / TrainStepCompleted)
-* ``privacy_budgets``   training client: ε target, spent, remaining, refusals, guarantee
+* ``privacy_budgets``   (view) training client: ε target, spent, remaining, refusals, guarantee
 * ``artifacts``         checkpoint, dataset or package in the encrypted store
 * ``artifact_access``   access to an artifact (explicit ArtifactAccessed + save/load/...)
 * ``datasets``          registered server-side dataset
@@ -18,9 +18,13 @@ Tables (one row per ...):
 * ``projection_meta``   key/value facts about this read model (id, schema version)
 * ``audit_entries``     (view) every event with a category and a one-line summary
 
-No PRIMARY KEY constraints: derived rows are replaced with DELETE + INSERT in one
-transaction, and DuckDB's eager unique checks reject that pattern within a
-transaction; uniqueness is the projection's job (it is rebuilt from one source).
+``privacy_budgets`` is a view over ``training_clients`` (which keeps the step and
+refusal counts): the budget is a pure function of the client's row, so a view can
+never disagree with it and the projector writes one table per batch, not two.
+
+No PRIMARY KEY constraints: derived rows are updated with ``UPDATE ... FROM`` and new
+ones inserted, in one transaction; uniqueness is the projection's job (it is rebuilt
+from one source), and unique indexes would only slow the inserts down.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ TABLES: dict[str, list[Column]] = {
         ("fb_samples", "BIGINT", pa.int64()),
         ("fb_count", "INTEGER", pa.int32()),
         ("fb_loss_plain", "DOUBLE", pa.float64()),
+        ("steps", "BIGINT", pa.int64()),  # DP steps applied (OptimStepApplied + TrainStepCompleted)
+        ("refused_steps", "BIGINT", pa.int64()),  # BudgetRefused
     ],
     "steps": [
         ("client_id", "VARCHAR", pa.string()),
@@ -91,21 +97,6 @@ TABLES: dict[str, list[Column]] = {
         ("event_id", "VARCHAR", pa.string()),
         ("partition", "INTEGER", pa.int32()),
         ("seq", "BIGINT", pa.int64()),
-    ],
-    "privacy_budgets": [
-        ("client_id", "VARCHAR", pa.string()),
-        ("tenant_id", "VARCHAR", pa.string()),
-        ("target_epsilon", "DOUBLE", pa.float64()),
-        ("epsilon_spent", "DOUBLE", pa.float64()),
-        ("epsilon_remaining", "DOUBLE", pa.float64()),
-        ("delta", "DOUBLE", pa.float64()),
-        ("steps", "BIGINT", pa.int64()),
-        ("refused_steps", "BIGINT", pa.int64()),
-        ("sampling_mode", "VARCHAR", pa.string()),
-        # poisson_subsampled_gaussian | conditional_on_client_sampling | none (DP off)
-        ("guarantee", "VARCHAR", pa.string()),
-        ("accountant", "VARCHAR", pa.string()),
-        ("dataset_id", "VARCHAR", pa.string()),
     ],
     "artifacts": [
         ("artifact_id", "VARCHAR", pa.string()),
@@ -188,6 +179,33 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
 }
 
 
+# What the ε of a client rests on (same words as tensafe.trainer.sampling).
+BUDGET_VIEW = """
+CREATE OR REPLACE VIEW privacy_budgets AS
+SELECT
+    client_id,
+    tenant_id,
+    target_epsilon,
+    epsilon_spent,
+    CASE WHEN dp_enabled THEN greatest(target_epsilon - epsilon_spent, 0.0) END AS epsilon_remaining,
+    target_delta AS delta,
+    steps,
+    refused_steps,
+    sampling_mode,
+    CASE
+        WHEN NOT coalesce(dp_enabled, false) THEN 'none'
+        WHEN sampling_mode = 'poisson' THEN 'poisson_subsampled_gaussian'
+        WHEN sampling_mode = 'client_batches' THEN 'conditional_on_client_sampling'
+        ELSE 'unknown (' || coalesce(sampling_mode, '') || ')'
+    END AS guarantee,
+    accountant,
+    dataset_id
+FROM training_clients
+"""
+
+VIEWS = ("privacy_budgets", "audit_entries")
+
+
 def _in(types: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{t}'" for t in types) + ")"
 
@@ -255,6 +273,7 @@ def ddl() -> list[str]:
     for table, cols in TABLES.items():
         body = ",\n    ".join(f'"{name}" {dtype}' for name, dtype, _ in cols)
         out.append(f"CREATE TABLE IF NOT EXISTS {table} (\n    {body}\n)")
+    out.append(BUDGET_VIEW)
     out.append(AUDIT_VIEW)
     return out
 
