@@ -40,12 +40,24 @@ FUTURE_CODES = {
     "invalid_input": "invalid_input",
     "invalid_batch": "invalid_input",
     "invalid_state": "invalid_state",
+    "sampling_mode": "invalid_state",
     "not_found": "not_found",
     "model_unavailable": "model_unavailable",
     "invalid_config": "model_unavailable",
     "internal_error": "internal_error",
     "cancelled": "cancelled",
 }
+
+
+def future_error(trainer_code: str, message: str) -> dict[str, Any]:
+    """A CommandFailed as the future error of API.md §3 (details as that table says)."""
+    code = FUTURE_CODES.get(trainer_code, "internal_error")
+    details: dict[str, Any] = {}
+    if code == "invalid_state":
+        details["reason"] = trainer_code
+    if code != trainer_code:
+        details["trainer_code"] = trainer_code
+    return {"code": code, "message": message, "details": details}
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from tensafe.events.commands import SUCCESS_EVENT, Command
 from tensafe.events.ledger import LedgerEntry
-from tensafe.gateway.futures import FUTURE_CODES, FutureRec, FutureTable
+from tensafe.gateway.futures import FutureRec, FutureTable, future_error
 
 log = logging.getLogger(__name__)
 
@@ -418,12 +418,7 @@ class ReadModel:
             return
         ok = SUCCESS_EVENT.get(rec.command_type) == t
         if t == "CommandFailed":
-            code = payload["error_code"]
-            rec.error = {
-                "code": FUTURE_CODES.get(code, "internal_error"),
-                "message": payload["message"],
-                "details": {} if FUTURE_CODES.get(code) == code else {"trainer_code": code},
-            }
+            rec.error = future_error(payload["error_code"], payload["message"])
         elif t == "BudgetRefused":
             rec.error = {
                 "code": "budget_exceeded",
