@@ -51,11 +51,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", help="build (or catch up) the read model in this DuckDB file instead of memory")
     p.set_defaults(func=_sql)
 
-    from tensafe.projections.projector import add_run_arguments, run_from_args
-
     r = sub.add_parser("project", help="run the live projector: follow the ledger into a DuckDB file")
     add_run_arguments(r)
-    r.set_defaults(func=run_from_args)
+    r.set_defaults(func=_project)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of the projector process (also ``python -m tensafe.projections.projector``)."""
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the local node's)")
+    p.add_argument("--data-dir", help="node data directory (default $TENSAFE_DATA_DIR or ./.tensafe)")
+    p.add_argument("--topic-prefix", default=os.environ.get("TENSAFE_TOPIC_PREFIX", ""))
+    p.add_argument("--db", required=True, help="DuckDB file of the read model (created if missing)")
+    p.add_argument("--engine", choices=("faust", "asyncio"), default="faust")
+    p.add_argument("--max-batch", type=int, default=1000)
+    p.add_argument("--progress", action="store_true", help="print a JSON line {partition: next_seq} per batch")
+
+
+def _project(args: argparse.Namespace) -> int:
+    # Imported here: `tensafe --help` must not pay for duckdb, pyarrow and aiokafka.
+    from tensafe.projections.projector import run_from_args
+
+    return run_from_args(args)
 
 
 def check_read_only(query: str) -> None:

@@ -274,16 +274,6 @@ async def run_faust_projector(
 # --------------------------------------------------------------------------- process
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the local node's)")
-    p.add_argument("--data-dir", help="node data directory (default $TENSAFE_DATA_DIR or ./.tensafe)")
-    p.add_argument("--topic-prefix", default="")
-    p.add_argument("--db", required=True, help="DuckDB file of the read model (created if missing)")
-    p.add_argument("--engine", choices=("faust", "asyncio"), default="faust")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_BATCH)
-    p.add_argument("--progress", action="store_true", help="print a JSON line {partition: next_seq} per batch")
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     from tensafe.events.node_config import resolve_bootstrap
 
@@ -321,6 +311,8 @@ def _progress_printer() -> Callable[[dict[int, int]], None]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from tensafe.projections.cli import add_run_arguments
+
     parser = argparse.ArgumentParser(prog="python -m tensafe.projections.projector", description=__doc__.split("\n")[0])
     add_run_arguments(parser)
     args = parser.parse_args(argv)
