@@ -290,31 +290,35 @@ class ReadModel:
             result = ApplyResult()
             broken: ChainBroken | None = None
             touched_parts: set[int] = set()
-            for rec in batch:
-                if isinstance(rec, LedgerEntry):
-                    p, offset, raw, entry = rec.partition, rec.offset, rec.raw, rec
-                else:
-                    p, offset, raw, entry = rec.partition, rec.offset, rec.value, None
-                st = self._parts.get(p)
-                if st is None:
-                    st = self._parts[p] = _Partition(ChainState(p))
-                if offset <= st.last_offset:
-                    result.skipped += 1  # already read: a replay or a redelivery
-                    continue
-                out = st.chain.feed(raw)
-                if out.verdict is Verdict.BROKEN:
-                    seq = out.header.seq if out.header is not None else None
-                    broken = ChainBroken(p, offset, seq, st.chain.next_seq, out.reason)
-                    break  # last_offset stays before it: a restart meets it again
-                st.last_offset = offset
-                touched_parts.add(p)
-                if out.verdict is Verdict.ACCEPTED:
-                    # A follower's entry may carry its decoded envelope already.
-                    self._project(p, offset, raw, out, entry.envelope if entry else None, writer)
-                    result.applied += 1
-                else:
-                    st.rejected += 1
-                    result.rejected[out.verdict.value] = result.rejected.get(out.verdict.value, 0) + 1
+            try:
+                for rec in batch:
+                    if isinstance(rec, LedgerEntry):
+                        # A follower's entry may carry its decoded envelope already.
+                        p, offset, raw, env = rec.partition, rec.offset, rec.raw, rec._envelope
+                    else:
+                        p, offset, raw, env = rec.partition, rec.offset, rec.value, None
+                    st = self._parts.get(p)
+                    if st is None:
+                        st = self._parts[p] = _Partition(ChainState(p))
+                    if offset <= st.last_offset:
+                        result.skipped += 1  # already read: a replay or a redelivery
+                        continue
+                    out = st.chain.feed(raw)
+                    if out.verdict is Verdict.BROKEN:
+                        seq = out.header.seq if out.header is not None else None
+                        broken = ChainBroken(p, offset, seq, st.chain.next_seq, out.reason)
+                        break  # last_offset stays before it: a restart meets it again
+                    st.last_offset = offset
+                    touched_parts.add(p)
+                    if out.verdict is Verdict.ACCEPTED:
+                        self._project(p, offset, raw, out, env, writer)
+                        result.applied += 1
+                    else:
+                        st.rejected += 1
+                        result.rejected[out.verdict.value] = result.rejected.get(out.verdict.value, 0) + 1
+            except BaseException:
+                self._load()  # chains and clients advanced in memory; the database did not
+                raise
             if touched_parts:
                 self._commit(writer, touched_parts)
             self.totals += result

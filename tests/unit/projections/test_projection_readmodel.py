@@ -278,3 +278,21 @@ def test_hand_decoded_envelope_equals_the_codec(big):
     raw = big[0][1]
     with pytest.raises(Exception):  # noqa: B017 - fastavro raises a zoo of types
         readmodel_mod.fast_envelope(raw[:-1])
+
+
+def test_an_error_while_projecting_leaves_no_trace(monkeypatch, small):
+    rm = ReadModel()
+    recs = _records(0, small[0])
+    rm.apply(recs[:3])
+    before, pos = rm.dump(), rm.positions()
+
+    def boom(*args):
+        raise KeyError("field renamed by a newer schema")
+
+    monkeypatch.setitem(readmodel_mod._HANDLERS, "OptimStepApplied", boom)
+    with pytest.raises(KeyError):
+        rm.apply(recs[3:])
+    assert rm.dump() == before and rm.positions() == pos  # chains reloaded from the database
+    monkeypatch.undo()
+    rm.apply(recs[3:])
+    assert rm.dump() == _model({0: small[0]}).dump()
