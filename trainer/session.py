@@ -43,6 +43,10 @@ def dp_config_of(create: dict) -> DPConfig:
     dataset_size = create.get("dataset_size")
     if not create["dp_enabled"]:
         dataset_size = dataset_size or 1
+    elif not dataset_size and sampling == "client_batches":
+        # No declared dataset size: account with q = 1 (every step sees the whole "dataset"),
+        # i.e. no amplification by subsampling — the only honest number without one.
+        dataset_size = max(1, int(create["expected_batch_size"]))
     return DPConfig(
         enabled=create["dp_enabled"],
         noise_multiplier=create["noise_multiplier"],
@@ -104,7 +108,7 @@ class ClientSession:
                 "duration_ms": (time.perf_counter() - t0) * 1000,
                 "result_ciphertext": None,
             },
-            sealed_result=json.dumps(logprobs).encode() if logprobs is not None else None,
+            sealed_result=json.dumps(_plain(logprobs)).encode() if logprobs is not None else None,
         )
 
     def optim_step(self, payload: dict) -> Outcome:
@@ -218,15 +222,30 @@ class ClientSession:
             "duration_ms": (time.perf_counter() - t0) * 1000,
         }
 
-    def _tokenized(self, texts: list[str], max_length: int) -> list[dict]:
-        key = f"{len(texts)}:{max_length}:{hash(tuple(texts))}"
+    def _tokenized(self, records: list, max_length: int) -> list[dict]:
+        """Dataset records (texts, or token rows {input_ids, labels?}) as training samples."""
+        key = f"{len(records)}:{max_length}:{id(records)}"
         if key not in self._dataset_cache:
             rows = []
-            for text in texts:
-                ids = self.tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
-                rows.append({"input_ids": ids, "labels": ids})
+            for rec in records:
+                if isinstance(rec, str):
+                    ids = self.tokenizer(rec, truncation=True, max_length=max_length)["input_ids"]
+                    rows.append({"input_ids": ids, "labels": ids})
+                else:
+                    ids = list(rec["input_ids"])[:max_length]
+                    labels = list(rec.get("labels") or rec["input_ids"])[:max_length]
+                    rows.append({"input_ids": ids, "labels": labels})
             self._dataset_cache = {key: rows}
         return self._dataset_cache[key]
+
+
+def _plain(x: Any) -> Any:
+    """Tensors / arrays (and lists of them) as plain lists for JSON."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    return x
 
 
 def _batch_for_trainer(batch: dict) -> Any:
@@ -238,6 +257,16 @@ def _batch_for_trainer(batch: dict) -> Any:
             s = {"input_ids": toks, "target_tokens": batch["target_tokens"][i]}
             if batch.get("weights"):
                 s["weights"] = batch["weights"][i]
+            samples.append(s)
+        return samples
+    labels = batch["labels"] if batch.get("labels") else ids
+    if len({len(r) for r in ids}) > 1:  # ragged rows: per-sample dicts (the collator pads them)
+        masks = batch.get("attention_mask") or []
+        samples = []
+        for i, row in enumerate(ids):
+            s: dict[str, Any] = {"input_ids": row, "labels": labels[i]}
+            if i < len(masks):
+                s["attention_mask"] = masks[i]
             samples.append(s)
         return samples
     out: dict[str, Any] = {"input_ids": ids}

@@ -201,15 +201,15 @@ class TrainerWorker:
 
         t, p = cmd.command_type, cmd.payload
         if t == "RegisterDataset":
-            texts_raw = self._open(cmd, "records_ciphertext", "tensafe.data.TextRecords")
-            blob = json.dumps(texts_raw["texts"]).encode()
+            records = self._dataset_records(cmd)
+            blob = json.dumps(records).encode()
             ref = await asyncio.to_thread(self.store.put, cmd.tenant_id, "dataset", blob, {"name": p["name"]})
             self._access(ref, "put")
-            self.datasets[p["dataset_id"]] = (cmd.tenant_id, ref.artifact_id, len(texts_raw["texts"]))
+            self.datasets[p["dataset_id"]] = (cmd.tenant_id, ref.artifact_id, len(records))
             return "DatasetRegistered", {
                 "dataset_id": p["dataset_id"],
                 "name": p["name"],
-                "num_records": len(texts_raw["texts"]),
+                "num_records": len(records),
                 "content_sha256": ref.content_sha256,
                 "artifact_id": ref.artifact_id,
             }, False
@@ -357,6 +357,19 @@ class TrainerWorker:
             {"artifact_id": ref.artifact_id, "action": action, "kind": ref.kind, "content_sha256": ref.content_sha256,
              "size": int(ref.size)}
         )
+
+    def _dataset_records(self, cmd: Command) -> list:
+        """Texts (TextRecords) or token rows (TokenBatch) of a RegisterDataset command."""
+        clear = open_sealed(self.keyring, cmd.tenant_id, cmd.command_type, cmd.payload["records_ciphertext"])
+        name, rec = codec.decode(clear)
+        if name == "tensafe.data.TextRecords":
+            return list(rec["texts"])
+        if name == "tensafe.data.TokenBatch":
+            labels = rec.get("labels") or []
+            return [{"input_ids": ids, "labels": labels[i] if i < len(labels) else ids} for i, ids in enumerate(rec["input_ids"])]
+        from tensafe.trainer.session import CommandError
+
+        raise CommandError("invalid_input", f"dataset records of type {name} are not supported")
 
     def _open(self, cmd: Command, field: str, schema: str) -> dict:
         clear = open_sealed(self.keyring, cmd.tenant_id, cmd.command_type, cmd.payload[field])

@@ -58,8 +58,11 @@ def _readme_example(info) -> dict:
     config = TrainingConfig(
         model_ref="tensafe-tiny-llama",
         lora_config=LoRAConfig(rank=16, alpha=32),
-        dp_config=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=8.0,
-                           sampling="client_batches", dataset_size=1000, expected_batch_size=4),
+        dp_config=DPConfig(
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            target_epsilon=8.0
+        ),
         batch_size=4,
     )
     tc = service.create_training_client(config)
@@ -86,13 +89,16 @@ def _readme_example(info) -> dict:
 async def test_seed_readme_example_runs_through_the_log(node):
     out = await asyncio.to_thread(_readme_example, node)
     m = out["metrics"]
-    assert m.steps == 3 and 0 < m.epsilon_spent < 8.0 and m.delta == 1e-5
-    assert m.guarantee != "exact"  # client batches: the guarantee is conditional, never silently exact
+    # No declared dataset size: accounted with q = 1 (no amplification), and it says so.
+    # At sigma = 1 a third step would cost epsilon 9.0 > 8: it is refused before it runs.
+    assert m.guarantee == "unamplified" and m.sample_rate == 1.0
+    assert m.steps == 2 and 0 < m.epsilon_spent < 8.0 and m.delta == 1e-5
     assert out["fb"].num_samples == 4 and out["fb"].clip is not None
     assert out["saved"].artifact_id.startswith("art_") and out["saved"].encryption.algorithm == "AES-256-GCM"
     assert out["sample"].samples[0].finish_reason in {"length", "stop", "eos"}
     types = [e.event_type for e in out["logs"].entries]
     assert "TrainingClientCreated" in " ".join(types) and "OptimStepApplied" in " ".join(types)
+    assert "BudgetRefused" in " ".join(types)
     report = verify_snapshot(await collect(node["bootstrap"], node["prefix"]))
     assert report.ok, report.errors
 
