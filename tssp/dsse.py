@@ -8,6 +8,7 @@ envelope's own serialisation needs no canonical form::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,9 +42,7 @@ class Envelope:
     signatures: tuple[Signature, ...]
 
     def to_json(self) -> bytes:
-        # Compact, fixed key order (sorted): the bytes are what the subject-less manifest is.
-        import json
-
+        # Compact JSON with sorted keys: the one canonical form parse() accepts.
         return json.dumps(
             {
                 "payload": b64encode(self.payload),
@@ -76,11 +75,18 @@ class Envelope:
                 out.append(
                     Signature(s["keyid"], b64decode_strict(s["sig"], f"envelope: signatures[{i}].sig"))
                 )
-            if len({s.keyid for s in out}) != len(out):
-                raise StrictJSONError("envelope: duplicate keyid among signatures")
+            keyids = [s.keyid for s in out]
+            if keyids != sorted(set(keyids)):
+                raise StrictJSONError("envelope: signatures must have distinct keyids in ascending order")
+            env = cls(obj["payloadType"], payload, tuple(out))
+            # The envelope itself is not signed (DSSE signs PAE only): insist on its one
+            # canonical serialisation so that nobody can re-encode a package without changing
+            # what it means (whitespace, key order, base64 spelling).
+            if env.to_json() != bytes(data):
+                raise StrictJSONError("envelope: not in canonical form (compact JSON, sorted keys)")
         except StrictJSONError as exc:
             raise ManifestError(str(exc), code="bad_manifest", file="manifest.dsse.json") from None
-        return cls(obj["payloadType"], payload, tuple(out))
+        return env
 
     def verify(
         self, trusted: Mapping[str, HybridPublicKey], revoked: frozenset[str] = frozenset()

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from tensafe.events.checkpoint_format import (
@@ -262,6 +263,10 @@ def _validate_package_section(obj: object) -> dict[str, Any]:
         raise _err("package.id must be 'tssp_' + 32 lowercase hex")
     if not isinstance(d["created_at"], str) or not CREATED_AT_RE.fullmatch(d["created_at"]):
         raise _err("package.created_at must be YYYY-MM-DDTHH:MM:SSZ")
+    try:
+        datetime.strptime(d["created_at"], "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        raise _err("package.created_at is not a valid date and time") from None
     if d["encryption"] != ENCRYPTION:
         raise _err(f"package.encryption must be exactly {ENCRYPTION}")
     return d

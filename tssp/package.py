@@ -11,6 +11,7 @@ Verification runs the checks of §5 in order and raises a ``PackageError`` whose
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -563,6 +564,9 @@ def unpack_package(
     files = _decrypt_adapter(verified, recipient_private_key)
     out = Path(out_dir)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:  # check all first: never leave a half-written adapter behind
+        if os.path.lexists(out / name):
+            raise FileExistsError(errno.EEXIST, "refusing to overwrite", str(out / name))
     written: dict[str, Path] = {}
     for name in ADAPTER_FILES:
         target = out / name
@@ -628,7 +632,8 @@ def inspect_package(path: PackageSource) -> dict[str, Any]:
     if raw_recipients is not None:
         try:
             obj = _json.loads(raw_recipients, RECIPIENTS_NAME)
-            recipients = sorted(obj.get("recipients", {})) if isinstance(obj, dict) else []
+            listed = obj.get("recipients") if isinstance(obj, dict) else None
+            recipients = sorted(listed) if isinstance(listed, dict) else []
         except StrictJSONError:
             recipients = []
     return {

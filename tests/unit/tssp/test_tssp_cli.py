@@ -26,7 +26,11 @@ def _write_json(path: Path, obj: Any) -> str:
 
 
 def test_cli_end_to_end(
-    tmp_path: Path, tiny_model: TinyModel, keys: Keys, certificate: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    tiny_model: TinyModel,
+    keys: Keys,
+    certificate: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     svc, alice, bob = tmp_path / "svc", tmp_path / "alice", tmp_path / "bob"
     for prefix in (svc, alice, bob):
@@ -73,14 +77,25 @@ def test_cli_end_to_end(
 
     # Unpack: right recipient ok, wrong one refused, usage errors are 2.
     out_dir = tmp_path / "unpacked"
-    assert _main(["package", "unpack", str(pkg), "--key", f"{alice}.kem.key", "--out", str(out_dir), *trust]) == 0
+    assert (
+        _main(["package", "unpack", str(pkg), "--key", f"{alice}.kem.key", "--out", str(out_dir), *trust])
+        == 0
+    )
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         assert (out_dir / name).read_bytes() == (tiny_model.adapter_dir / name).read_bytes()
-    assert _main(["package", "unpack", str(pkg), "--key", f"{alice}.kem.key", "--out", str(out_dir), *trust]) == 2
+    assert (
+        _main(["package", "unpack", str(pkg), "--key", f"{alice}.kem.key", "--out", str(out_dir), *trust])
+        == 2
+    )
     bob_out = tmp_path / "bob-out"
-    assert _main(["package", "unpack", str(pkg), "--key", f"{bob}.kem.key", "--out", str(bob_out), *trust]) == 1
+    assert (
+        _main(["package", "unpack", str(pkg), "--key", f"{bob}.kem.key", "--out", str(bob_out), *trust]) == 1
+    )
     assert "wrong_recipient" in capsys.readouterr().err
-    assert _main(["package", "unpack", str(pkg), "--key", f"{alice}.kem.pub", "--out", str(bob_out), *trust]) == 2
+    assert (
+        _main(["package", "unpack", str(pkg), "--key", f"{alice}.kem.pub", "--out", str(bob_out), *trust])
+        == 2
+    )
     assert _main(["package", "verify", str(tmp_path / "missing.tssp"), *trust]) == 2
     assert _main(["package", "verify", str(pkg), "--trusted", f"{alice}.kem.pub"]) == 2  # wrong key kind
 

@@ -36,7 +36,11 @@ def test_edge_loader_loads_and_samples(
 
 
 def test_edge_loader_resolves_the_base_by_name(
-    package_path: Path, keys: Keys, tiny_model: TinyModel, test_policy: Policy, monkeypatch: pytest.MonkeyPatch
+    package_path: Path,
+    keys: Keys,
+    tiny_model: TinyModel,
+    test_policy: Policy,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TENSAFE_MODEL_DIR", str(tiny_model.base_dir.parent))
     loader = EdgeLoader(keys.trusted, test_policy, keys.bob)
@@ -53,9 +57,9 @@ def test_edge_loader_refuses_another_base_model(
 
     other = tmp_path / "other-base"
     shutil.copytree(tiny_model.base_dir, other)
-    build_model_from_config(hidden=64, layers=2, heads=4, vocab=tiny_model.vocab, intermediate=128, seed=4).save_pretrained(
-        other, safe_serialization=True
-    )
+    build_model_from_config(
+        hidden=64, layers=2, heads=4, vocab=tiny_model.vocab, intermediate=128, seed=4
+    ).save_pretrained(other, safe_serialization=True)
     loader = EdgeLoader(keys.trusted, test_policy, keys.alice)
     with pytest.raises(BaseModelMismatch) as ei:
         loader.load(package_path, other)
@@ -66,7 +70,9 @@ def test_edge_loader_refuses_another_base_model(
     assert loader.model is None
 
 
-def test_edge_loader_default_policy_and_recipient(package_path: Path, keys: Keys, tiny_model: TinyModel) -> None:
+def test_edge_loader_default_policy_and_recipient(
+    package_path: Path, keys: Keys, tiny_model: TinyModel
+) -> None:
     # No policy given: the conservative default applies and refuses this test-mode run.
     with pytest.raises(PackageError) as ei:
         EdgeLoader(keys.trusted, None, keys.alice).load(package_path, tiny_model.base_dir)

@@ -11,13 +11,14 @@ base64 and ciphertext bodies: ~4,500 flips in total, with three different bit ma
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
 import pytest
-from tensafe.tssp import PackageError, verify_package
+from tensafe.tssp import PackageError, inspect_package, verify_package
 from tensafe.tssp.manifest import MANIFEST_NAME, RECIPIENTS_NAME, WEIGHTS_NAME
-from tssp_helpers import Keys, regions
+from tssp_helpers import Keys, assemble, members_of, regions
 
 MASKS = (0x01, 0x80, 0xFF, 0x20)
 MANIFEST_CODES = {"bad_manifest", "bad_signature", "untrusted_signer"}
@@ -130,3 +131,30 @@ def test_random_garbage_is_refused(keys: Keys) -> None:
         blob = bytes(rng.randrange(256) for _ in range(size))
         with pytest.raises(PackageError):
             verify_package(blob, keys.trusted)
+
+
+def test_inspect_never_raises_anything_but_package_error(package_bytes: bytes) -> None:
+    buf = bytearray(package_bytes)
+    for n, (i, _label) in enumerate(_positions(package_bytes)[::3]):
+        buf[i] ^= MASKS[n % len(MASKS)]
+        try:
+            info = inspect_package(bytes(buf))
+            assert info["signature_verified"] is False
+        except PackageError:
+            pass
+        finally:
+            buf[i] = package_bytes[i]
+
+
+def test_envelope_is_not_malleable(package_bytes: bytes, keys: Keys) -> None:
+    m = members_of(package_bytes)
+    env = json.loads(m[MANIFEST_NAME])
+    variants = (
+        json.dumps(env, sort_keys=True).encode(),  # whitespace after separators
+        json.dumps(dict(reversed(list(env.items()))), separators=(",", ":")).encode(),  # key order
+        m[MANIFEST_NAME] + b"\n",  # trailing newline
+    )
+    for variant in variants:
+        with pytest.raises(PackageError) as ei:
+            verify_package(assemble({**m, MANIFEST_NAME: variant}), keys.trusted)
+        assert ei.value.code == "bad_manifest"
