@@ -186,3 +186,11 @@ def test_undecodable_bytes_are_modified(cut):
     raws[cut + 1] = b"\xc3\x01garbage"
     f = only(verify_partition(0, recs(raws)))
     assert f.kind in {"modified", "inserted"} and f.offset == cut + 1
+
+
+def test_hand_decoder_equals_avro_decoder():
+    from tensafe.events import codec
+    from tensafe.events.envelope import Envelope
+
+    for raw in build(n=5):
+        assert decode_envelope(raw) == Envelope(**codec.decode_as("tensafe.ledger.Envelope", raw))
