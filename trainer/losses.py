@@ -120,7 +120,14 @@ def _collate_ragged(samples: Sequence[Mapping[str, Any]], pad_token_id: int) -> 
     mask = torch.zeros((B, T), dtype=torch.long)
     for i, t in enumerate(toks):
         ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
-        mask[i, : len(t)] = 1
+        own = samples[i].get("attention_mask")
+        if own is None:
+            mask[i, : len(t)] = 1
+        else:  # a row that carries its own padding (e.g. left-padded by a tokenizer)
+            own_l = _to_list(own)
+            if len(own_l) != len(t):
+                raise ValueError("attention_mask must have the length of input_ids")
+            mask[i, : len(t)] = torch.tensor(own_l, dtype=torch.long)
     first = samples[0]
     lfi = first.get("loss_fn_inputs", first)
     if "labels" in first:
@@ -185,7 +192,8 @@ def token_logprobs(nll: torch.Tensor, packed: PackedBatch) -> list[torch.Tensor]
     lp = (-nll.detach()).float().cpu()
     if packed.target_mask is not None:
         lp = lp.masked_fill(~packed.target_mask.cpu(), float("nan"))
-    return [lp[i, : packed.lengths[i]] for i in range(packed.batch_size)]
+    real = packed.attention_mask.bool().cpu()
+    return [lp[i][real[i]] for i in range(packed.batch_size)]  # real tokens only, left or right padding
 
 
 def per_sample_loss(nll: torch.Tensor, weights: torch.Tensor, token_reduction: str = "sum") -> torch.Tensor:

@@ -211,3 +211,25 @@ def test_a_model_cannot_carry_two_engines() -> None:
         DPEngine(model, max_grad_norm=1.0)
     with pytest.raises(ValueError):
         DPEngine(model, max_grad_norm=1.0, private=False)
+
+
+def test_rows_with_their_own_padding_and_logprobs_of_real_tokens() -> None:
+    engine = DPEngine(tiny_lora(), max_grad_norm=1.0)
+    samples = ragged_samples(3, seed=4, hf=True)
+    L = max(len(s["input_ids"]) for s in samples)
+    left = []
+    for s in samples:  # left-padded rows, each with its own mask
+        pad = L - len(s["input_ids"])
+        left.append(
+            {
+                "input_ids": [0] * pad + s["input_ids"],
+                "attention_mask": [0] * pad + [1] * len(s["input_ids"]),
+                "labels": [-100] * pad + s["labels"],
+            }
+        )
+    a, b = engine.forward(samples), engine.forward(left)
+    assert a["per_sample_loss"] == pytest.approx(b["per_sample_loss"], rel=1e-9)
+    for x, y in zip(a["logprobs"], b["logprobs"], strict=True):
+        assert len(x) == len(y) and torch.allclose(x, y, equal_nan=True, atol=1e-6)
+    ga, gb = engine.per_sample_gradients(samples), engine.per_sample_gradients(left)
+    assert all(float((x - y).abs().max()) <= TOL for x, y in zip(ga, gb, strict=True))
