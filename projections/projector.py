@@ -39,7 +39,7 @@ from typing import Any
 
 from tensafe.events import kafka_io
 from tensafe.events.topics import LEDGER, partition_counts
-from tensafe.projections.readmodel import RawRecord, ReadModel
+from tensafe.projections.readmodel import ChainBroken, RawRecord, ReadModel
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +295,9 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except ChainBroken as exc:
+        print(f"error: the ledger does not verify, projection stopped: {exc}", file=sys.stderr)
+        return 1
     finally:
         rm.close()
     return 0
