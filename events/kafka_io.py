@@ -16,6 +16,13 @@ Tansu caveats these helpers work around (Tansu 0.6.0 + aiokafka 0.14):
   (aiokafka asks with ``allow_auto_topic_creation=True``); so does a producer
   sending to it. Create topics with :func:`tensafe.events.topics.ensure_topics`
   first, and beware of typos in topic names.
+* Fetch long-polls do not end when data arrives: a caught-up consumer's pending
+  fetch is answered only when its wait runs out (measured: about half of
+  ``fetch_max_wait_ms``, i.e. up to ~250 ms with aiokafka's default 500 ms), and
+  a record appended meanwhile waits for it. ``fetch_max_wait_ms`` is therefore
+  the latency knob: consumers here use 20 ms, readers 10 ms. And
+  ``fetch_max_wait_ms=0`` gets no fetch answer at all (the consumer silently sees
+  nothing, forever): never use 0.
 * Consumer groups: a join takes about half the session timeout, so groups use a
   10 s session / 1 s heartbeat (not Faust's 60 s).
 
@@ -106,18 +113,23 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         "session_timeout_ms": 10000,
         "heartbeat_interval_ms": 1000,
-        "fetch_max_wait_ms": 100,  # the long-poll bound: latency of an idle follower's stop checks
+        # On Tansu the long-poll always runs to this bound when there is nothing new,
+        # so it is also the latency of a caught-up consumer (aiokafka default: 500).
+        "fetch_max_wait_ms": 20,
         "max_partition_fetch_bytes": 4 * MAX_REQUEST_SIZE,
         "isolation_level": "read_uncommitted",  # no transactions exist on Tansu
     }
     cfg.update(overrides)
+    if cfg["fetch_max_wait_ms"] < 1:
+        raise ValueError("fetch_max_wait_ms must be >= 1: Tansu never answers a fetch with max wait 0")
     return AIOKafkaConsumer(*topics, **cfg)
 
 
-def _reader(bootstrap: str) -> AIOKafkaConsumer:
+def _reader(bootstrap: str, max_wait_ms: int = 10) -> AIOKafkaConsumer:
     # "none": on Kafka a position past the end raises instead of silently
-    # resetting to offset 0 and re-reading everything.
-    return make_consumer(bootstrap, None, auto_offset_reset="none", fetch_max_wait_ms=50)
+    # resetting to offset 0 and re-reading everything. Short max wait: an empty
+    # fetch (empty partition, caught-up follower) costs the full wait on Tansu.
+    return make_consumer(bootstrap, None, auto_offset_reset="none", fetch_max_wait_ms=max_wait_ms)
 
 
 async def _fetched_highwaters(
@@ -257,20 +269,27 @@ async def follow_partition(
     *,
     stop: asyncio.Event | None = None,
     poll_ms: int = 200,
+    max_wait_ms: int = 20,
     max_records: int = 2000,
 ) -> AsyncIterator[ConsumerRecord]:
     """Yield records from ``start_offset`` on, forever: existing ones, then each new
     record as it is appended. Ends when ``stop`` is set (checked at least every
     ``poll_ms``) or when the caller closes the generator.
 
-    ``start_offset="end"`` starts at the current high watermark (only new records);
-    it is computed from a fetch, since ``seek_to_end`` is wrong on Tansu.
+    ``start_offset="end"`` starts at the high watermark (only new records), computed
+    from a fetch since ``seek_to_end`` is wrong on Tansu. It is resolved lazily, when
+    the generator first runs: to be sure to see a record you are about to cause
+    (a command's result), take ``await high_watermark(...)`` *before* causing it and
+    pass that offset.
+
+    ``max_wait_ms`` is the fetch long-poll: on Tansu a new record waits up to that
+    long (see module doc), so it trades latency for idle fetch requests.
 
     For futures and projections. Wrap in ``contextlib.aclosing`` when you may break
     out of the loop, so the consumer is closed at once.
     """
     tp = TopicPartition(topic, partition)
-    consumer = _reader(bootstrap)
+    consumer = _reader(bootstrap, max_wait_ms)
     await consumer.start()
     try:
         consumer.assign([tp])

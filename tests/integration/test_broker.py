@@ -321,6 +321,12 @@ async def test_follow_partition_yields_old_then_new_records_and_stops(
         await producer.stop()
 
 
+def test_consumer_refuses_zero_fetch_wait(broker: KafkaNode) -> None:
+    # Tansu never answers a fetch with max wait 0: the consumer would hang silently.
+    with pytest.raises(ValueError):
+        kafka_io.make_consumer(broker.bootstrap, fetch_max_wait_ms=0)
+
+
 # --------------------------------------------------------------------------- durable
 
 
