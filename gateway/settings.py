@@ -8,6 +8,7 @@ models it accepts and the request limits of docs/API.md §4.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,17 @@ class ModelSpec:
         }
 
 
-# The model shipped in trainer/base_models (vocabulary of its tokenizer: 8192).
-DEFAULT_MODELS: tuple[ModelSpec, ...] = (ModelSpec("tensafe-tiny-llama", max_context_length=2048, vocab_size=8192),)
+    @classmethod
+    def from_model_dir(cls, model_ref: str, directory: str | os.PathLike[str]) -> ModelSpec:
+        """Limits from a Hugging Face model directory's ``config.json`` (read as JSON: the
+        gateway never imports the trainer or torch)."""
+        cfg = json.loads((Path(directory) / "config.json").read_text())
+        return cls(model_ref, int(cfg["max_position_embeddings"]), int(cfg["vocab_size"]))
+
+
+# The model shipped in trainer/base_models: scripts/build_base_model.py builds it with
+# 512 positions and its tokenizer's vocabulary of 8192.
+DEFAULT_MODELS: tuple[ModelSpec, ...] = (ModelSpec("tensafe-tiny-llama", max_context_length=512, vocab_size=8192),)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from gateway_harness import Env, Tenant
+from tensafe.gateway.settings import DEFAULT_MODELS, ModelSpec
 
 pytestmark = pytest.mark.integration
 
-V = 8192  # the default model's vocabulary
-CTX = 2048
+V = DEFAULT_MODELS[0].vocab_size
+CTX = DEFAULT_MODELS[0].max_context_length
 OK_FB = {"batch": {"input_ids": [[1, 2, 3], [4, 5]]}}
 
 
@@ -192,3 +193,9 @@ async def test_oversize_bodies_are_413_by_length_and_by_stream(world) -> None:
     r = await c.post("/api/v1/datasets", json={"name": "big", "records": records}, headers=t.h)
     assert r.status_code == 413 and r.json()["error"]["details"]["reason"] == "command_too_large"
     assert await env.command_count() == before
+
+
+def test_model_limits_from_a_model_directory(tmp_path) -> None:
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 1024, "vocab_size": 32000, "hidden_size": 8}')
+    spec = ModelSpec.from_model_dir("m", tmp_path)
+    assert (spec.max_context_length, spec.vocab_size) == (1024, 32000)
