@@ -294,11 +294,18 @@ class _Running:
     stop_timeout: float = 10.0
     cleanup_dirs: list[Path] = field(default_factory=list)
     pids_file: Path | None = None
+    weed_ports: list[int] = field(default_factory=list)
 
     def stop(self) -> None:
         for p in list(self.procs):
             terminate_process(p, self.stop_timeout)
         self.procs.clear()
+        # weed leaves /tmp/seaweedfs-<component>-<port>.sock behind (not all of its
+        # sockets can be moved); ours are named by our ports and weed is gone.
+        for port in self.weed_ports:
+            for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
+        self.weed_ports.clear()
         if self.pids_file is not None:
             self.pids_file.unlink(missing_ok=True)  # all reaped: nothing left to orphan
             self.pids_file = None
@@ -927,6 +934,7 @@ class EmbeddedBroker(_ContextMixin):
                     raise BrokerError(f"SeaweedFS could not bind its ports: {e}") from None
                 log.info("SeaweedFS port collision (%s); retrying with new ports", e)
         self.ports = dict(ports)
+        self._state.weed_ports = [ports[k] for k in WEED_PORT_NAMES]
         self._write_pids(d)
 
         env = self._base_env()

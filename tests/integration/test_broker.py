@@ -361,6 +361,7 @@ async def test_durable_restart_keeps_records_offsets_and_ports(
     await node.astop()  # Tansu AND SeaweedFS
     assert all(_wait_dead(p, 1) for p in pids), "a server outlived stop()"
     assert not (data / "pids.json").exists()
+    assert not [s for port in ports.values() for s in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")]
 
     node2 = durable_node("n1")  # same data dir: a restart
     assert node2.bootstrap == bootstrap and node2.ports == ports  # clients keep their address
