@@ -268,18 +268,6 @@ def test_header_positions_are_the_chain_positions(small):
         assert (hdr.partition, hdr.seq, hdr.prev_hash.hex()) == (p, seq, prev)
 
 
-def test_hand_decoded_envelope_equals_the_codec(big):
-    from tensafe.events.envelope import decode_envelope
-
-    for raws in big.values():
-        for raw in raws:
-            assert readmodel_mod.fast_envelope(raw) == decode_envelope(raw)
-    # trailing garbage: the hand decoder declines and the codec decides
-    raw = big[0][1]
-    with pytest.raises(Exception):  # noqa: B017 - fastavro raises a zoo of types
-        readmodel_mod.fast_envelope(raw[:-1])
-
-
 def test_an_error_while_projecting_leaves_no_trace(monkeypatch, small):
     rm = ReadModel()
     recs = _records(0, small[0])
