@@ -415,3 +415,50 @@ def test_create_refuses_bad_inputs(tmp_path: Path, tiny_model: TinyModel, keys: 
     with pytest.raises(FileNotFoundError):
         create_package(out, tmp_path, **ok)
     assert not out.exists()
+
+
+def test_proofs_from_the_audit_cli_path_verify(
+    tmp_path: Path, tiny_model: TinyModel, keys: Keys, certificate
+) -> None:
+    """Evidence made exactly as `tensafe audit prove` makes it: real envelopes, a real
+    checkpoint record, tensafe.events.audit.prove_event."""
+    from tensafe.events.audit import prove_event
+    from tensafe.events.chain import CLAIM_TYPE, ChainState
+    from tensafe.events.checkpoints import make_checkpoint
+    from tensafe.events.envelope import decode_envelope, make_envelope
+    from tensafe.events.export import LedgerSnapshot
+    from tensafe.events.merkle import MerkleTree
+
+    state, raws, tree = ChainState(PARTITION), [], MerkleTree()
+
+    def feed(event_type: str, payload: dict, tenant: str, client: str, cmd: str | None) -> None:
+        raw = make_envelope(
+            prev_hash=state.tail_hash, partition=PARTITION, seq=state.next_seq, epoch=1, event_type=event_type,
+            payload=payload, tenant_id=tenant, client_id=client, command_id=cmd,
+        ).encode()  # fmt: skip
+        state.feed(raw)
+        raws.append(raw)
+        tree.append(state.tail_hash)
+
+    feed(CLAIM_TYPE, {"writer_id": "w", "epoch": 1, "host": "h", "pid": 1}, "", "", None)
+    for i in range(9):
+        feed(
+            "CommandFailed",
+            {"command_type": "x", "error_code": "e", "message": f"m{i}"},
+            "tenant-a",
+            "tc_0123",
+            f"c{i}",
+        )
+    cp = make_checkpoint(keys.ledger, LEDGER_ID, PARTITION, tree.size, tree.root(), state.tail_hash)
+    snap = LedgerSnapshot(ledger={PARTITION: list(enumerate(raws))}, checkpoints=[cp])
+    proofs = [prove_event(snap, decode_envelope(raws[i]).event_id) for i in (1, 5, 9)]
+
+    prov = make_provenance(tiny_model, keys)
+    prov["ledger"] = {"ledger_id": LEDGER_ID, "partition": PARTITION, "checkpoint": proofs[0].checkpoint,
+                      "inclusion_proofs": proofs}  # fmt: skip
+    out = tmp_path / "audit.tssp"
+    create_package(out, tiny_model.adapter_dir, provenance=prov, dp_certificate=certificate, signer=keys.signer,
+                   recipients=[keys.alice.public_key()])  # fmt: skip
+    v = verify_package(out, keys.trusted)
+    assert [p.index for p in v.inclusion_proofs] == [1, 5, 9]
+    assert v.checkpoint.size == 10 and v.checkpoint.head_hash == state.tail_hash
