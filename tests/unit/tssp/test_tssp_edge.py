@@ -17,7 +17,8 @@ def test_edge_loader_loads_and_samples(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    loader = EdgeLoader(keys.trusted, test_policy, keys.alice)
+    # device="cpu": the logits below are compared with a CPU fp32 reference, also on GPU hosts.
+    loader = EdgeLoader(keys.trusted, test_policy, keys.alice, device="cpu")
     model, tokenizer = loader.load(package_path, tiny_model.base_dir)
     assert loader.verified is not None and loader.verified.policy_decision.allow
     text = loader.sample("In the beginning", max_tokens=12, temperature=1.0, seed=3)
