@@ -63,6 +63,21 @@ class ChainState:
         self._hashes = bytearray()  # 32 bytes per accepted record, index = seq
         self._fp = envelope_fingerprint()
 
+    @classmethod
+    def restore(cls, partition: int, hashes: bytes, epoch: int) -> ChainState:
+        """A state positioned after ``hashes`` (32 bytes per accepted record, by seq),
+        e.g. persisted by a projection. All hashes are kept so an exact duplicate of an
+        old record is still recognised after a restart."""
+        if len(hashes) % 32:
+            raise ValueError("hashes must be a multiple of 32 bytes")
+        st = cls(partition)
+        if hashes:
+            st._hashes = bytearray(hashes)
+            st.next_seq = len(hashes) // 32
+            st.tail_hash = bytes(hashes[-32:])
+        st.epoch = epoch
+        return st
+
     def hash_at(self, seq: int) -> bytes:
         if seq == -1:
             return genesis_hash(self.partition)

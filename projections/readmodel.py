@@ -35,7 +35,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 from tensafe.events import codec
-from tensafe.events.chain import ChainState, Outcome, Verdict, genesis_hash
+from tensafe.events.chain import ChainState, Outcome, Verdict
 from tensafe.events.envelope import EVENT_NS, Envelope, decode_envelope
 from tensafe.events.ledger import LedgerEntry
 from tensafe.projections.schema import (
@@ -647,22 +647,8 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple], store
 
 
 def _restore_chain(partition: int, hashes: bytes, epoch: int) -> ChainState:
-    """A ChainState positioned after ``hashes`` (32 bytes per accepted record, by seq).
-
-    The accepted hashes are kept (not just the tail) so an exact duplicate of an old
-    record is still recognised after a restart. ChainState has no public restore
-    (yet): it is rebuilt field by field.
-    """
-    st = ChainState(partition)
-    n = len(hashes) // 32
-    if n:
-        st._hashes = bytearray(hashes)
-        st.next_seq = n
-        st.tail_hash = hashes[-32:]
-    else:
-        st.tail_hash = genesis_hash(partition)
-    st.epoch = epoch
-    return st
+    """A ChainState positioned after ``hashes`` (32 bytes per accepted record, by seq)."""
+    return ChainState.restore(partition, hashes, epoch)
 
 
 _EPOCH = dt.datetime(1970, 1, 1)
