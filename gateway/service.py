@@ -184,6 +184,14 @@ class GatewayService:
             return Submitted(reservation.replay.status, reservation.replay.body, True, self.model.futures.get(cmd_id))
         built = prepare(cmd_id)
         prep = await built if inspect.isawaitable(built) else built
+        known = self.model.futures.get(cmd_id)
+        if known is not None and (known.command_type, known.client_id) != (prep.command.command_type, prep.command.client_id):
+            # Known from the ledger only (no fingerprint to compare): at least a key reused
+            # for another operation or client is caught, instead of answering the old future.
+            raise ApiError(
+                409, "idempotency_conflict", "Idempotency-Key was already used for another operation",
+                {"idempotency_key": reservation.key},
+            )
         assert self.publisher is not None
         raw = self.publisher.encode(prep.command)
         headers = {"tensafe-idem": reservation.header_value(prep.status, prep.body), "tensafe-extras": prep.extras}

@@ -134,3 +134,18 @@ async def test_crash_before_the_answer_republishes_the_same_command_id_and_the_e
         async with env.gateway() as c3:
             r = await c3.get(f"/api/v1/training_clients/{cid}/dp_metrics", headers=t.h)
             assert r.json()["steps"] == 1
+
+
+async def test_key_known_only_from_the_ledger_reused_for_another_operation_is_409(env: Env) -> None:
+    t = env.tenant()
+    h = {**t.h, "Idempotency-Key": "k-ledger"}
+    async with env.trainer():
+        async with env.gateway(follow_commands=False) as c1:
+            r = await c1.post("/api/v1/training_clients", json={"model_ref": "tensafe-tiny-llama"}, headers=h)
+            cid = r.json()["client_id"]
+            await wait_status(c1, t, r.json()["future_id"])
+        async with env.gateway(follow_commands=False) as c2:  # no memory, no command headers
+            before = await env.command_count()
+            r = await c2.post(f"/api/v1/training_clients/{cid}/optim_step", json={}, headers=h)
+            assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_conflict"
+            assert await env.command_count() == before
