@@ -224,7 +224,7 @@ class TrainerWorker:
                     raise CommandError("not_found", f"dataset {create.get('dataset_id')!r} does not exist")
                 create["dataset_size"] = ds[2]
             event = {k: create.get(k) for k in _CREATED_FIELDS}
-            event["base_model_sha256"] = ""
+            event["base_model_sha256"] = await asyncio.to_thread(_base_model_digest, create["model_ref"])
             try:
                 new = await asyncio.to_thread(ClientSession, cmd.client_id, cmd.tenant_id, event, test_mode=self.test_mode)
             except (ValueError, FileNotFoundError) as exc:
@@ -381,6 +381,17 @@ _CREATED_FIELDS = (
     "max_grad_norm", "target_epsilon", "target_delta", "accountant", "sampling_mode", "dataset_id", "dataset_size",
     "expected_batch_size", "seed", "metadata_json",
 )  # fmt: skip
+
+
+def _base_model_digest(model_ref: str) -> str:
+    """The TSSP base-model digest (docs/TSSP_SPEC.md §6), recorded for provenance."""
+    from tensafe.crypto.digest import model_weights_sha256
+    from tensafe.trainer.models import resolve_model_ref
+
+    try:
+        return model_weights_sha256(resolve_model_ref(model_ref))
+    except FileNotFoundError:
+        return ""  # resolution fails again, with its precise message, when the session loads
 
 
 def _sha256(data: bytes) -> bytes:

@@ -4,7 +4,8 @@ Format: docs/TSSP_SPEC.md. Importing this package does not import torch; only
 ``tensafe.tssp.edge`` (the loader) does, lazily.
 """
 
-from .digest import model_weights_sha256
+from tensafe.crypto.digest import model_weights_sha256
+
 from .errors import (
     BaseModelMismatch,
     ContainerError,

@@ -19,9 +19,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tensafe.crypto.digest import model_weights_sha256
 from tensafe.crypto.kem import HybridKemPrivateKey
 
-from .digest import model_weights_sha256
 from .errors import BaseModelMismatch
 from .manifest import ADAPTER_FILES
 from .package import PackageSource, TrustedSigners, VerifiedPackage, _decrypt_adapter, verify_package
