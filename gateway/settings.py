@@ -83,6 +83,9 @@ class Settings:
     # after CommandAccepted every gateway knows it from the ledger anyway). Costs a consumer
     # per partition that wakes on every command, so it is off by default.
     follow_commands_live: bool = False
+    # Process-wide GC tuning (freeze the replayed read model, fewer young collections):
+    # only for a process that is just the gateway (python -m tensafe.gateway.app sets it).
+    tune_gc: bool = False
     rate_limit_rps: float | None = None  # per tenant; None = no limit
     rate_limit_burst: float = 50.0
     version: str = "1.0.0"
