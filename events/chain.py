@@ -21,11 +21,26 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
+from hashlib import sha256
 
 from tensafe.events.envelope import EVENT_NS, Header, HeaderError, envelope_fingerprint, read_header
 
 GENESIS_DOMAIN = b"tensafe/ledger/v1/genesis/"
 CLAIM_TYPE = EVENT_NS + "WriterClaimed"
+
+
+_CLAIM_BYTES = CLAIM_TYPE.encode()
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = acc = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        acc |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (acc >> 1) ^ -(acc & 1), pos
+        shift += 7
 
 
 def genesis_hash(partition: int) -> bytes:
@@ -86,6 +101,36 @@ class ChainState:
     def hashes(self) -> list[bytes]:
         h = self._hashes
         return [bytes(h[i : i + 32]) for i in range(0, len(h), 32)]
+
+    def try_accept(self, raw: bytes) -> bytes | None:
+        """The common case, fast: a non-claim record of the current epoch that links.
+
+        Returns its chain hash (the record is accepted), or None: then call ``feed``,
+        which applies every rule and names the verdict. Same rules, fewer objects.
+        """
+        if raw[10:42] != self.tail_hash or raw[2:10] != self._fp or raw[:2] != b"\xc3\x01":
+            return None
+        try:
+            pos = 42
+            b = raw[pos]
+            if b >= 0x80 or (b >> 1) ^ -(b & 1) != self.partition:
+                return None
+            seq, pos = _varint(raw, pos + 1)
+            if seq != self.next_seq:
+                return None
+            epoch, pos = _varint(raw, pos)
+            if epoch != self.epoch:
+                return None
+            n, pos = _varint(raw, pos)
+            if raw[pos : pos + n] == _CLAIM_BYTES:
+                return None
+        except IndexError:
+            return None
+        digest = sha256(self.tail_hash + raw).digest()
+        self.tail_hash = digest
+        self.next_seq += 1
+        self._hashes += digest
+        return digest
 
     def feed(self, raw: bytes) -> Outcome:
         try:

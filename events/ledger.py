@@ -216,7 +216,8 @@ class LedgerWriter:
         if self.epoch == 0:
             raise LedgerError("writer not started")
         results: list[Appended | None] = []
-        futures: list[tuple[int, asyncio.Future]] = []
+        to_send: list[tuple[int, bytes | None, bytes]] = []
+        futures: list[tuple[asyncio.Future, list[int]]] = []
         async with self._lock:
             for event_type, payload, tenant_id, client_id, command_id in events:
                 full = _full(event_type)
@@ -243,23 +244,33 @@ class LedgerWriter:
                 appended = Appended(self.partition, env.seq, out.hash, env.event_id, full, command_id, None)
                 if command_id is not None:
                     self.done[(command_id, full)] = appended
-                try:
-                    fut = await self._producer.send(
-                        self.topic, raw, key=(client_id or tenant_id).encode() or None, partition=self.partition
-                    )
-                except BaseException as exc:
-                    self._broken = exc
-                    raise WriterBroken(str(exc)) from exc
-                futures.append((len(results), fut))
+                to_send.append((len(results), (client_id or tenant_id).encode() or None, raw))
                 results.append(appended)
-        for index, fut in futures:
+            # Records go out in producer batches built here (aiokafka's per-message send
+            # costs more than the rest of an append); one partition, so order is kept.
+            try:
+                batch, members = self._producer.create_batch(), []
+                for index, key, raw in to_send:
+                    if batch.append(timestamp=None, key=key, value=raw) is None:
+                        futures.append((await self._producer.send_batch(batch, self.topic, partition=self.partition), members))
+                        batch, members = self._producer.create_batch(), []
+                        if batch.append(timestamp=None, key=key, value=raw) is None:
+                            raise LedgerError(f"record of {len(raw)} bytes exceeds the producer batch size")
+                    members.append(index)
+                if members:
+                    futures.append((await self._producer.send_batch(batch, self.topic, partition=self.partition), members))
+            except BaseException as exc:
+                self._broken = exc
+                raise WriterBroken(str(exc)) from exc
+        for fut, members in futures:
             try:
                 md = await fut
             except BaseException as exc:
                 self._broken = exc
                 raise WriterBroken(f"append not acknowledged: {exc}") from exc
-            results[index] = Appended(**{**results[index].__dict__, "offset": md.offset})
-        self._since_checkpoint += len(futures)
+            for j, index in enumerate(members):
+                results[index] = Appended(**{**results[index].__dict__, "offset": md.offset + j})
+        self._since_checkpoint += len(to_send)
         if self.checkpoint_every and self._since_checkpoint >= self.checkpoint_every and self.signer is not None:
             if self._checkpoint_task is None or self._checkpoint_task.done():
                 self._since_checkpoint = 0

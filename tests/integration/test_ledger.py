@@ -275,3 +275,16 @@ async def test_durable_node_restart_keeps_every_event(tmp_path, signer):
         assert report.ok and report.partitions[1].accepted == 1 + 300 + 1 + 1 + 1
     finally:
         await asyncio.to_thread(node.stop)
+
+
+async def test_batched_appends_report_their_true_offsets(broker):
+    prefix = await _fresh(broker.bootstrap, partitions=1)
+    w = _writer(broker.bootstrap, prefix, 0)
+    await w.start()
+    big = {"command_type": "x", "error_code": "e", "message": "y" * 3000}  # several producer batches
+    results = await w.append_many([("CommandFailed", big, "t", "c", f"cmd-{i}") for i in range(200)])
+    await w.stop()
+    snap = await collect(broker.bootstrap, prefix)
+    offsets = {seq: off for seq, (off, _) in enumerate(snap.ledger[0])}
+    assert [r.offset for r in results] == [offsets[r.seq] for r in results]
+    assert [r.seq for r in results] == list(range(1, 201))

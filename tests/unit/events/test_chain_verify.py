@@ -194,3 +194,16 @@ def test_hand_decoder_equals_avro_decoder():
 
     for raw in build(n=5):
         assert decode_envelope(raw) == Envelope(**codec.decode_as("tensafe.ledger.Envelope", raw))
+
+
+@pytest.mark.parametrize("seq,epoch,cmd", [(0, 1, None), (63, 64, "c"), (2**40, 2**31, "cmd-\u00e9"), (10**15, 7, "")])
+def test_hand_encoder_equals_avro_encoder(seq, epoch, cmd):
+    from tensafe.events import codec
+
+    env = make_envelope(prev_hash=bytes(range(32)), partition=300, seq=seq, epoch=epoch, event_type="CommandFailed",
+                        payload=_payload_record(), tenant_id="t\u00fc", client_id="c" * 200, command_id=cmd)
+    assert env.encode() == codec.encode("tensafe.ledger.Envelope", env.__dict__)
+
+
+def _payload_record() -> dict:
+    return {"command_type": "x", "error_code": "e", "message": "m" * 300}
