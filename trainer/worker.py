@@ -108,14 +108,34 @@ class TrainerWorker:
             self.datasets[rec["dataset_id"]] = (env.tenant_id, rec["artifact_id"], rec["num_records"])
 
     async def _consume(self, p: int, stop: asyncio.Event) -> None:
+        """A reader task runs ahead of execution, so a CancelCommand is known before the
+        executor reaches its (still queued) target."""
         writer = self.writers[p]
-        async for rec in kafka_io.follow_partition(self.bootstrap, self.topics.commands, p, start_offset=0, stop=stop):
+        queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+        cancels: dict[str, tuple[str, str]] = {}  # target command id -> (cancel command id, tenant)
+
+        async def read() -> None:
             try:
-                cmd = Command.decode(rec.value)
-            except codec.DecodeError as exc:
-                log.error("partition %d offset %d: undecodable command skipped: %s", p, rec.offset, exc)
-                continue
-            await self._handle(writer, rec.offset, cmd)
+                async for rec in kafka_io.follow_partition(self.bootstrap, self.topics.commands, p, start_offset=0, stop=stop):
+                    try:
+                        cmd = Command.decode(rec.value)
+                    except codec.DecodeError as exc:
+                        log.error("partition %d offset %d: undecodable command skipped: %s", p, rec.offset, exc)
+                        continue
+                    if cmd.command_type == "CancelCommand":
+                        cancels.setdefault(cmd.payload["target_command_id"], (cmd.command_id, cmd.tenant_id))
+                    await queue.put((rec.offset, cmd))
+            finally:
+                await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await queue.get()) is not None:
+                offset, cmd = item
+                await self._handle(writer, offset, cmd, cancels)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     # -- one command --------------------------------------------------------------
     def _done(self, writer: LedgerWriter, cmd: Command) -> str | None:
@@ -125,8 +145,21 @@ class TrainerWorker:
                 return name
         return None
 
-    async def _handle(self, writer: LedgerWriter, offset: int, cmd: Command) -> None:
+    async def _handle(self, writer: LedgerWriter, offset: int, cmd: Command, cancels: dict | None = None) -> None:
         done = self._done(writer, cmd)
+        cancel = (cancels or {}).get(cmd.command_id)
+        if done is None and cancel is not None and cancel[1] == cmd.tenant_id and cmd.command_type != "CancelCommand":
+            # cancelled while queued: one event ends both the target and the cancel command
+            await writer.append(
+                "CommandCancelled",
+                {"command_type": "tensafe.command." + cmd.command_type, "cancel_command_id": cancel[0]},
+                tenant_id=cmd.tenant_id,
+                client_id=cmd.client_id,
+                command_id=cmd.command_id,
+            )
+            return
+        if cmd.command_type == "CancelCommand" and writer.is_done(cmd.payload["target_command_id"], "CommandCancelled"):
+            return  # resolved together with its target
         if cmd.command_type in ("RegisterDataset", "CreateTrainingClient", "CancelCommand"):
             if done is None:
                 await self._execute(writer, offset, cmd)

@@ -140,3 +140,40 @@ def _commands_stub() -> list[Command]:
             return "dek_x", b"\x00" * 32
 
     return _commands(_K())
+
+
+async def test_cancel_of_a_queued_command_and_of_a_finished_one(broker, tmp_path):
+    prefix = f"c{uuid.uuid4().hex[:8]}."
+    await ensure_topics(broker.bootstrap, partitions=2, topic_prefix=prefix)
+    keyring = open_keyring(tmp_path)
+    keyring.create_tenant(TENANT)
+    create, fb, step = _commands(keyring)[:3]
+    queued = Command("c-fb-queued", "ForwardBackward", TENANT, CLIENT, fb.payload)
+    cancel_queued = Command("c-cancel-1", "CancelCommand", TENANT, CLIENT, {"target_command_id": "c-fb-queued"})
+    cancel_done = Command("c-cancel-2", "CancelCommand", TENANT, CLIENT, {"target_command_id": fb.command_id})
+    foreign = Command("c-cancel-3", "CancelCommand", "intruder", CLIENT, {"target_command_id": step.command_id})
+    producer = kafka_io.make_producer(broker.bootstrap)
+    await producer.start()
+    names = topic_names(prefix)
+    try:
+        for c in (create, fb, queued, cancel_queued, foreign, step):
+            await publish_command(producer, names.commands, 2, c)
+    finally:
+        await producer.stop()
+    proc = _start_worker(broker.bootstrap, prefix, tmp_path)
+    try:
+        await _wait_for(broker.bootstrap, prefix, lambda o: step.command_id in o)
+        producer = kafka_io.make_producer(broker.bootstrap)
+        await producer.start()
+        await publish_command(producer, names.commands, 2, cancel_done)  # too late: fb already ran
+        await producer.stop()
+        got = await _wait_for(broker.bootstrap, prefix, lambda o: "c-cancel-2" in o)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert got["c-fb-queued"] == ["CommandCancelled"]  # never ran
+    assert "c-cancel-1" not in got  # resolved by the same CommandCancelled event
+    assert got[fb.command_id] == ["ForwardBackwardCompleted"]
+    assert got["c-cancel-2"] == ["CommandFailed"]  # not cancellable any more
+    assert got[step.command_id] == ["OptimStepApplied"]  # another tenant cannot cancel it
+    assert got["c-cancel-3"] == ["CommandFailed"]
