@@ -29,6 +29,7 @@ SUCCESS_EVENT = {
     "LoadState": "StateLoaded",
     "RegisterDataset": "DatasetRegistered",
     "CancelCommand": "CommandCancelled",
+    "CreatePackage": "PackageCreated",
 }
 # events that end a command with an error (the future fails with a code)
 FAILURE_EVENTS = {"CommandFailed", "BudgetRefused", "CommandCancelled"}

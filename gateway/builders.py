@@ -13,6 +13,7 @@ from typing import Any
 from tensafe.events.commands import Command
 from tensafe.gateway import ids
 from tensafe.gateway import validation as v
+from tensafe.gateway.errors import one_violation
 from tensafe.gateway.futures import API_TYPES
 from tensafe.gateway.readmodel import ClientRec, DatasetRec
 from tensafe.gateway.service import Prepared, now_ms
@@ -148,6 +149,27 @@ def save_state(tenant_id: str, cmd_id: str, client: ClientRec, req: v.SaveState,
     }
     cmd = Command(cmd_id, "SaveState", tenant_id, client.client_id, payload, now_ms())
     return Prepared(cmd, 202, _accepted(cmd), {"metadata": metadata})
+
+
+def create_package(tenant_id: str, cmd_id: str, client: ClientRec, req: v.CreatePackage, step_at_run: int) -> Prepared:
+    """Recipients arrive as base64 hybrid KEM public keys; they are checked here so a bad
+    key is a 400, not a failed future."""
+    import base64
+    import binascii
+
+    from tensafe.crypto.kem import HybridKemPublicKey
+
+    keys = []
+    for i, text in enumerate(req.recipients):
+        try:
+            raw = base64.b64decode(text, validate=True)
+            HybridKemPublicKey.from_bytes(raw)
+        except (binascii.Error, ValueError) as exc:
+            raise one_violation(f"recipients.{i}", f"not a base64 hybrid X25519+ML-KEM-768 public key ({exc})") from None
+        keys.append(raw)
+    payload = {"name": req.name or f"package-step-{step_at_run}", "recipients": keys, "max_proofs": req.max_proofs}
+    cmd = Command(cmd_id, "CreatePackage", tenant_id, client.client_id, payload, now_ms())
+    return Prepared(cmd, 202, _accepted(cmd), {})
 
 
 def load_state(tenant_id: str, cmd_id: str, client: ClientRec, req: v.LoadState) -> Prepared:

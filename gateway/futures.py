@@ -30,6 +30,7 @@ API_TYPES = {
     "LoadState": "load_state",
     "RegisterDataset": "register_dataset",
     "CancelCommand": "cancel",
+    "CreatePackage": "create_package",
 }
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 _RANK = {"pending": 0, "running": 1, "completed": 2, "failed": 2, "cancelled": 2}

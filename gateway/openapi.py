@@ -41,7 +41,7 @@ def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, 
     return out
 
 
-FUTURE_TYPES = ["create_training_client", "forward_backward", "optim_step", "train_step", "sample", "save_state",
+FUTURE_TYPES = ["create_training_client", "forward_backward", "optim_step", "train_step", "sample", "save_state", "create_package",
                 "load_state", "register_dataset", "cancel"]  # fmt: skip
 
 RESPONSE_SCHEMAS: dict[str, Any] = {
@@ -266,6 +266,9 @@ def _document(version: str, models: tuple[str, ...]) -> dict[str, Any]:
         "/api/v1/training_clients/{client_id}/save_state": {
             "post": _op("encrypted checkpoint", ("202", "FutureAccepted"), body="SaveStateRequest", body_required=False, params=tc, errors=POST_ERRORS)
         },
+        "/api/v1/training_clients/{client_id}/package": {
+            "post": _op("signed, encrypted TSSP package of the adapter", ("202", "FutureAccepted"), body="CreatePackageRequest", params=tc, errors=POST_ERRORS)
+        },
         "/api/v1/training_clients/{client_id}/load_state": {
             "post": _op("load a checkpoint", ("202", "FutureAccepted"), body="LoadStateRequest", params=tc, errors=POST_ERRORS)
         },
@@ -310,6 +313,16 @@ def _document(version: str, models: tuple[str, ...]) -> dict[str, Any]:
             "get": _op("list artifacts", ("200", "ArtifactList"), params=[*PAGE, _query("client_id", STR, "only this client's")])
         },
         "/api/v1/artifacts/{artifact_id}": {"get": _op("an artifact", ("200", "Artifact"), params=[_path_param("artifact_id")])},
+        "/api/v1/artifacts/{artifact_id}/content": {"get": {
+            "summary": "the bytes of a package artifact (TSSP, encrypted to its recipients)",
+            "operationId": "get_artifact_content",
+            "parameters": [_path_param("artifact_id")],
+            "responses": {
+                "200": {"description": "the package", "content": {"application/vnd.tensafe.tssp+zip": {"schema": {"type": "string", "format": "binary"}}}},
+                "401": {"description": "unauthenticated"}, "404": {"description": "not found"},
+                "409": {"description": "not a package"},
+            },
+        }},
     }
     # cancels may answer 202 while the trainer has not decided yet
     for op in (paths["/api/v1/futures/{future_id}"]["delete"], paths["/api/v1/futures/{future_id}/cancel"]["post"]):

@@ -291,6 +291,8 @@ class ReadModel:
             self._state_saved(entry, payload)
         elif t == "DatasetRegistered":
             self._dataset_registered(entry, payload)
+        elif t == "PackageCreated":
+            self._package_created(entry, payload)
         if env.command_id is not None:
             self._outcome(entry, t, payload, client)
 
@@ -363,6 +365,33 @@ class ReadModel:
             metadata=meta,
             epsilon=float(p["epsilon_spent"]),
             dp=dp,
+            ledger_seq=entry.seq,
+            partition=entry.partition,
+        )
+        if a.artifact_id not in self.artifacts:
+            self._index("artifacts", a.tenant_id, a.artifact_id, a)
+        else:
+            a.order = self.artifacts[a.artifact_id].order
+        self.artifacts[a.artifact_id] = a
+
+    def _package_created(self, entry: LedgerEntry, p: dict[str, Any]) -> None:
+        env = entry.envelope
+        if not p.get("artifact_id"):
+            return  # a v1 record (no stored bytes)
+        client = self.clients.get(env.client_id)
+        a = ArtifactRec(
+            artifact_id=p["artifact_id"],
+            tenant_id=env.tenant_id,
+            kind="package",
+            created_ms=env.ts_ms,
+            client_id=env.client_id or None,
+            name=p.get("name") or None,
+            step=client.step if client is not None else None,
+            size=int(p.get("size") or 0),
+            metadata={"package_id": p["package_id"], "manifest_sha256": p["manifest_sha256"],
+                      "signer_key_id": p["signer_key_id"], "recipients": list(p["recipients"]),
+                      "checkpoint_tree_size": p["checkpoint_tree_size"]},
+            epsilon=float(p["epsilon"]),
             ledger_seq=entry.seq,
             partition=entry.partition,
         )

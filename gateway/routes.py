@@ -7,6 +7,7 @@ fingerprint -> reserve the key -> validate, check state, build, seal, publish
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import bisect
 from collections.abc import Awaitable, Callable
@@ -197,6 +198,31 @@ class RestApi:
 
         return await self._post(request, build)
 
+    async def create_package(self, request: Request) -> Response:
+        def build(who: Principal, cmd_id: str, body: dict[str, Any]) -> Prepared:
+            req = v.parse(v.CreatePackage, body)
+            c = self.svc.client_for(who.tenant_id, request.path_params["client_id"], command="CreatePackage")
+            step = c.step + self.svc.model.pending_steps(c.client_id)
+            return builders.create_package(who.tenant_id, cmd_id, c, req, step)
+
+        return await self._post(request, build)
+
+    async def artifact_content(self, request: Request) -> Response:
+        """The bytes of a package (already encrypted to its recipients). Checkpoints and
+        datasets never leave the service: their keys are the tenant's own."""
+        who = await self._who(request)
+        a = self.svc.model.artifact(who.tenant_id, request.path_params["artifact_id"])
+        if a is None:
+            raise not_found("artifact")
+        store = self.settings.extra.get("artifact_store")
+        if a.kind != "package":
+            raise conflict("not_downloadable", "only packages can be downloaded; checkpoints stay in the service")
+        if store is None:
+            raise ApiError(503, "unavailable", "this gateway has no artifact store", {})
+        data = await asyncio.to_thread(store.get, who.tenant_id, a.artifact_id)
+        return Response(data, media_type="application/vnd.tensafe.tssp+zip",
+                        headers={"Content-Disposition": f'attachment; filename="{a.artifact_id}.tssp"'})
+
     async def load_state(self, request: Request) -> Response:
         def build(who: Principal, cmd_id: str, body: dict[str, Any]) -> Prepared:
             req = v.parse(v.LoadState, body)
@@ -321,6 +347,7 @@ class RestApi:
             ("POST", tc + "/train_step", self.train_step),
             ("POST", tc + "/sample", self.sample),
             ("POST", tc + "/save_state", self.save_state),
+            ("POST", tc + "/package", self.create_package),
             ("POST", tc + "/load_state", self.load_state),
             ("GET", tc + "/dp_metrics", self.dp_metrics),
             ("GET", tc + "/audit_logs", self.audit_logs),
@@ -333,6 +360,7 @@ class RestApi:
             ("GET", p + "/datasets/{dataset_id}", self.get_dataset),
             ("GET", p + "/artifacts", self.list_artifacts),
             ("GET", p + "/artifacts/{artifact_id}", self.get_artifact),
+            ("GET", p + "/artifacts/{artifact_id}/content", self.artifact_content),
         ]
 
     def routes(self) -> list[BaseRoute]:

@@ -194,6 +194,12 @@ class LoadState(Strict):
     load_optimizer: bool = True
 
 
+class CreatePackage(Strict):
+    name: Name | None = None
+    recipients: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(min_length=1, max_length=16)]
+    max_proofs: Annotated[int, Field(ge=1, le=64)] = 16
+
+
 class CancelBody(Strict):
     pass
 
@@ -232,6 +238,7 @@ REQUEST_MODELS: dict[str, type[Strict]] = {
     "TrainStepRequest": TrainStep,
     "SampleRequest": Sample,
     "SaveStateRequest": SaveState,
+    "CreatePackageRequest": CreatePackage,
     "LoadStateRequest": LoadState,
     "RegisterDatasetRequest": RegisterDataset,
     "CancelRequest": CancelBody,

@@ -282,6 +282,19 @@ def _result(f: FutureRec, model: ReadModel, keyring: Any) -> dict[str, Any] | No
     if t == "RegisterDataset":
         d = model.datasets.get(p.get("dataset_id", ""))
         return dataset_json(d) if d is not None else None
+    if t == "CreatePackage":
+        return {
+            "artifact_id": p["artifact_id"],
+            "package_id": p["package_id"],
+            "name": p.get("name"),
+            "manifest_sha256": p["manifest_sha256"],
+            "signer_key_id": p["signer_key_id"],
+            "recipients": list(p["recipients"]),
+            "epsilon": p["epsilon"],
+            "delta": p["delta"],
+            "checkpoint_tree_size": p["checkpoint_tree_size"],
+            "size": p.get("size"),
+        }
     if t == "CancelCommand":
         return {"cancelled_future_id": future_id_of(f.info.get("target_command_id", ""))}
     return None

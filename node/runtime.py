@@ -142,6 +142,7 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
             tenants_path=data / "tenants.json",
             topic_prefix=opts.topic_prefix,
             partitions=opts.partitions,
+            extra={"artifact_store": store},  # package downloads
         )
         app = create_app(settings)
         server = uvicorn.Server(uvicorn.Config(app, host=opts.host, port=port, log_level="warning", lifespan="on"))

@@ -167,6 +167,8 @@ class _BaseHTTP:
 
     def _on_response(self, prep: _Prepared, response: httpx.Response, attempt: int) -> _Outcome:
         request_id = response.headers.get("X-Request-Id")
+        if 200 <= response.status_code < 300 and response.headers.get("content-type", "").startswith(BINARY_TYPES):
+            return _Outcome(value=response.content)  # a package download: bytes, not JSON
         body: Any = None
         if response.content:
             try:
@@ -279,6 +281,9 @@ class SyncHTTP(_BaseHTTP):
 
     def close(self) -> None:
         self._client.close()
+
+
+BINARY_TYPES = ("application/vnd.tensafe.tssp+zip", "application/octet-stream")
 
 
 class AsyncHTTP(_BaseHTTP):

@@ -331,6 +331,14 @@ class ServiceClient:
         """Async `get_artifact`."""
         return SaveStateResult.from_dict(await self._ahttp.request("GET", f"/artifacts/{artifact_id}"))
 
+    def download_package(self, artifact_id: str) -> bytes:
+        """The bytes of a package artifact (`.tssp`); verify them with `tensafe package verify`."""
+        return self._http.request("GET", f"/artifacts/{artifact_id}/content")
+
+    async def download_package_async(self, artifact_id: str) -> bytes:
+        """Async `download_package`."""
+        return await self._ahttp.request("GET", f"/artifacts/{artifact_id}/content")
+
     def list_artifacts(self, client_id: str | None = None) -> list[SaveStateResult]:
         """The tenant's artifacts, optionally of one training client, newest first."""
         items = self._pages("/artifacts", "artifacts", {"client_id": client_id})

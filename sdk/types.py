@@ -511,6 +511,22 @@ class ModelInfo(WireType):
     sampleable: bool = True
 
 
+@dataclass
+class PackageResult(WireType):
+    """Result of `create_package`: a signed TSSP package stored in the service."""
+
+    artifact_id: str
+    package_id: str
+    name: str | None = None
+    manifest_sha256: str | None = None
+    signer_key_id: str | None = None
+    recipients: list[str] = field(default_factory=list)
+    epsilon: float | None = None
+    delta: float | None = None
+    checkpoint_tree_size: int | None = None
+    size: int | None = None
+
+
 RESULT_TYPES: dict[str, type[WireType]] = {
     "create_training_client": TrainingClientStatus,
     "forward_backward": ForwardBackwardResult,
@@ -519,4 +535,5 @@ RESULT_TYPES: dict[str, type[WireType]] = {
     "sample": SampleResult,
     "save_state": SaveStateResult,
     "load_state": LoadStateResult,
+    "create_package": PackageResult,
 }

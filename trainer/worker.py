@@ -70,6 +70,7 @@ class TrainerWorker:
         self._compute = asyncio.Lock()  # one torch computation at a time (2 cores)
         self._pending_access: list[dict] = []  # artifact put/get of the running command, for the ledger
         self._dataset_texts_cache: dict[str, list[str]] = {}
+        self.client_events: dict[str, list[tuple[int, int]]] = {}  # client -> (seq, offset) of provable events
         self.ready = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------
@@ -101,6 +102,8 @@ class TrainerWorker:
 
     def _on_replay(self, entry: LedgerEntry) -> None:
         env = entry.envelope
+        if env.short_type in PROVABLE_EVENTS and env.client_id:
+            self.client_events.setdefault(env.client_id, []).append((entry.seq, entry.offset))
         if env.short_type == "TrainingClientCreated":
             self.creates[env.client_id] = (env.tenant_id, env.payload_record())
         elif env.short_type == "DatasetRegistered":
@@ -201,7 +204,7 @@ class TrainerWorker:
         )
         try:
             async with self._compute:
-                outcome = await self._run(cmd, offset, session)
+                outcome = await self._run(cmd, offset, session, writer)
         except CommandError as exc:
             await self._fail(writer, cmd, exc.code, str(exc))
             return
@@ -218,7 +221,9 @@ class TrainerWorker:
         self._pending_access.clear()
         if state_changed and cmd.client_id in self.sessions:
             await asyncio.to_thread(self._snapshot, self.sessions[cmd.client_id], offset, cmd, event_type, payload)
-        await writer.append(event_type, payload, tenant_id=cmd.tenant_id, client_id=cmd.client_id, command_id=cmd.command_id)
+        done = await writer.append(event_type, payload, tenant_id=cmd.tenant_id, client_id=cmd.client_id, command_id=cmd.command_id)
+        if event_type in PROVABLE_EVENTS and done.offset is not None:
+            self.client_events.setdefault(cmd.client_id, []).append((done.seq, done.offset))
 
     async def _fail(self, writer: LedgerWriter, cmd: Command, code: str, message: str) -> None:
         await writer.append(
@@ -229,7 +234,7 @@ class TrainerWorker:
             command_id=cmd.command_id,
         )
 
-    async def _run(self, cmd: Command, offset: int, session) -> tuple[str, dict, bool] | None:
+    async def _run(self, cmd: Command, offset: int, session, writer: LedgerWriter) -> tuple[str, dict, bool] | None:
         from tensafe.trainer.session import ClientSession, CommandError
 
         t, p = cmd.command_type, cmd.payload
@@ -309,6 +314,8 @@ class TrainerWorker:
                 "epsilon_spent": float(m.get("epsilon_spent") or 0.0),
                 "ledger_offset_hint": -1,
             }, False
+        if t == "CreatePackage":
+            return await self._create_package(cmd, session, writer)
         if t == "LoadState":
             try:
                 blob = await asyncio.to_thread(self.store.get, cmd.tenant_id, p["artifact_id"])
@@ -319,6 +326,57 @@ class TrainerWorker:
             self._access(info, "get")
             return "StateLoaded", {"artifact_id": p["artifact_id"], "content_sha256": info.content_sha256, "step": session.trainer.step}, True
         raise CommandError("unknown_command", f"unknown command type {t}")
+
+    async def _create_package(self, cmd: Command, session, writer: LedgerWriter) -> tuple[str, dict, bool]:
+        """A signed TSSP package of the client's adapter, with inclusion proofs of its
+        creation and latest steps against a checkpoint signed now."""
+        import tempfile
+
+        from tensafe.crypto.kem import HybridKemPublicKey
+        from tensafe.trainer.session import CommandError
+        from tensafe.tssp.bridge import package_adapter
+
+        p = cmd.payload
+        if self.signer is None:
+            raise CommandError("unavailable", "this trainer has no signing key for packages")
+        if not session.trainer.config.enabled:
+            raise CommandError("invalid_state", "DP is off for this client: there is no privacy certificate to package")
+        try:
+            recipients = [HybridKemPublicKey.from_bytes(b) for b in p["recipients"]]
+        except ValueError as exc:
+            raise CommandError("invalid_input", f"recipient key does not parse: {exc}") from exc
+        if not recipients:
+            raise CommandError("invalid_input", "at least one recipient key is required")
+        checkpoint = await writer.checkpoint()
+        events = self.client_events.get(cmd.client_id, [])
+        chosen = events[:1] + events[1:][-max(0, p.get("max_proofs", 16) - 1) :]
+        hashes = writer.state.hashes()
+        with tempfile.TemporaryDirectory(prefix="tensafe-package-") as tmp:
+            out = f"{tmp}/package.tssp"
+            info = await asyncio.to_thread(
+                package_adapter, session.trainer, out, model_ref=session.create["model_ref"],
+                base_weights_sha256=session.create.get("base_model_sha256") or _base_model_digest(session.create["model_ref"]),
+                tenant_id=cmd.tenant_id, client_id=cmd.client_id, ledger_id=writer.ledger_id, checkpoint=checkpoint,
+                tree=writer.tree, chain_hashes=hashes, events=chosen, topic=self.topics.ledger, signer=self.signer,
+                recipients=recipients,
+            )  # fmt: skip
+            data = await asyncio.to_thread(lambda: open(out, "rb").read())
+        meta = {"client_id": cmd.client_id, "name": p["name"], "package_id": info.package_id}
+        ref = await asyncio.to_thread(self.store.put, cmd.tenant_id, "package", data, meta)
+        self._access(ref, "put")
+        m = session.trainer.dp_metrics()
+        return "PackageCreated", {
+            "package_id": info.package_id,
+            "manifest_sha256": info.manifest_sha256,
+            "signer_key_id": info.signer_key_id,
+            "recipients": list(info.recipients),
+            "epsilon": float(m.get("epsilon_spent") or 0.0),
+            "delta": float(m.get("delta") or 0.0),
+            "checkpoint_tree_size": checkpoint.tree_size,
+            "artifact_id": ref.artifact_id,
+            "name": p["name"],
+            "size": len(data),
+        }, False
 
     # -- sessions and snapshots ------------------------------------------------------
     async def _session(self, writer: LedgerWriter, client_id: str):
@@ -407,6 +465,9 @@ class TrainerWorker:
     def _open(self, cmd: Command, field: str, schema: str) -> dict:
         clear = open_sealed(self.keyring, cmd.tenant_id, cmd.command_type, cmd.payload[field])
         return codec.decode_as(schema, clear)
+
+
+PROVABLE_EVENTS = {"TrainingClientCreated", "OptimStepApplied", "TrainStepCompleted", "StateLoaded"}
 
 
 _CREATED_FIELDS = (

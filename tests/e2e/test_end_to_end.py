@@ -185,3 +185,47 @@ async def test_retry_after_gateway_restart_applies_once(node):
             if e.envelope.client_id == client_id and e.envelope.short_type == "OptimStepApplied":
                 steps += 1
     assert steps == 1
+
+
+def _train_and_package(info, recipient_public: bytes) -> tuple[str, bytes, object]:
+    from tensafe import DPConfig, LoRAConfig, TrainingConfig
+
+    svc = _client(info)
+    tc = svc.create_training_client(TrainingConfig(
+        model_ref="tensafe-tiny-llama", lora_config=LoRAConfig(rank=4, alpha=8),
+        dp_config=DPConfig(sampling="client_batches", dataset_size=1000, expected_batch_size=2, target_epsilon=50.0),
+        batch_size=2))
+    for _ in range(2):
+        tc.forward_backward({"input_ids": [[4, 5, 6, 7]] * 2, "labels": [[4, 5, 6, 7]] * 2}).result()
+        tc.optim_step({"learning_rate": 1e-2}).result()
+    pkg = tc.create_package([recipient_public], name="release-1")
+    data = svc.download_package(pkg.artifact_id)
+    with httpx.Client(base_url=info["gateway_url"], headers={"Authorization": f"Bearer {info['api_key']}"}) as h:
+        saved = tc.save_state("not-downloadable")
+        r = h.get(f"/api/v1/artifacts/{saved.artifact_id}/content")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "conflict", r.text  # checkpoints stay inside
+    svc.close()
+    return tc.client_id, data, pkg
+
+
+async def test_package_leaves_the_service_signed_encrypted_and_provable(node, tmp_path):
+    from tensafe.crypto.kem import HybridKemPrivateKey
+    from tensafe.crypto.signing import HybridPublicKey
+    from tensafe.events.node_config import SIGNING_PUBLIC
+    from tensafe.tssp import PackageError, unpack_package, verify_package
+
+    recipient = HybridKemPrivateKey.generate()
+    client_id, data, pkg = await asyncio.to_thread(_train_and_package, node, recipient.public_key().to_bytes())
+    assert len(data) == pkg.size and pkg.epsilon > 0
+    node_key = HybridPublicKey.from_bytes((Path(node["data_dir"]) / SIGNING_PUBLIC).read_bytes())
+    trusted = {node_key.key_id: node_key}
+    verified = verify_package(data, trusted)
+    assert verified.provenance["training_client_id"] == client_id
+    assert verified.dp_certificate["guarantee"] == "conditional_on_client_sampling"
+    assert len(verified.inclusion_proofs) >= 2  # creation + steps, against a signed checkpoint
+    assert all(p.verify_path() for p in verified.inclusion_proofs)
+    out = await asyncio.to_thread(unpack_package, data, recipient, tmp_path / "adapter", trusted)
+    assert (out.adapter_dir / "adapter_model.safetensors").exists()
+    with pytest.raises(PackageError) as wrong:
+        unpack_package(data, HybridKemPrivateKey.generate(), tmp_path / "nope", trusted)
+    assert wrong.value.code == "wrong_recipient"
