@@ -148,6 +148,7 @@ def test_result_types_cover_every_future_type() -> None:
         "sample",
         "save_state",
         "load_state",
+        "create_package",
     }
 
 
