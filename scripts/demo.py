@@ -117,6 +117,16 @@ def main() -> int:
         out = ROOT / "reports" / "demo" / "loss_epsilon.png"
         plot(history, out)
         print(f"plot                  {out}")
+
+        # The adapter leaves the service only as a signed package, encrypted to a recipient.
+        from tensafe.crypto.kem import HybridKemPrivateKey
+
+        recipient = HybridKemPrivateKey.generate()
+        pkg = tc.create_package([recipient.public_key().to_bytes()], name="demo-release")
+        pkg_path = ROOT / "reports" / "demo" / "adapter.tssp"
+        pkg_path.write_bytes(service.download_package(pkg.artifact_id))
+        print(f"TSSP package          {pkg_path} ({pkg.size} bytes, ε = {pkg.epsilon:.3f}, "
+              f"proofs against ledger checkpoint of size {pkg.checkpoint_tree_size})")
         service.close()
         cli = [sys.executable, "-m", "tensafe.cli", "audit"]
         print("\n$ tensafe audit verify", flush=True)
@@ -125,6 +135,9 @@ def main() -> int:
         subprocess.check_call([*cli, "export", "--data-dir", str(data_dir), "--out", str(export)])
         print(f"\n$ tensafe audit verify --file {export}", flush=True)
         rc = rc or subprocess.call([*cli, "verify", "--file", str(export), "--data-dir", str(data_dir)])
+        print(f"\n$ tensafe package verify {pkg_path.name} --trusted node_signing.pub", flush=True)
+        rc = rc or subprocess.call([sys.executable, "-m", "tensafe.cli", "package", "verify", str(pkg_path),
+                                    "--trusted", str(data_dir / "keys" / "node_signing.pub")])
     finally:
         stop_node(proc)
     return rc
