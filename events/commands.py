@@ -30,7 +30,12 @@ SUCCESS_EVENT = {
     "RegisterDataset": "DatasetRegistered",
     "CancelCommand": "CommandCancelled",
     "CreatePackage": "PackageCreated",
+    "CreateTenantKey": "TenantKeyCreated",
+    "RotateTenantKey": "KeyRotated",
+    "ShredTenant": "TenantShredded",
 }
+# commands about a tenant's keys: keyed (and partitioned) by tenant id, no training client
+TENANT_COMMANDS = {"CreateTenantKey", "RotateTenantKey", "ShredTenant"}
 # events that end a command with an error (the future fails with a code)
 FAILURE_EVENTS = {"CommandFailed", "BudgetRefused", "CommandCancelled"}
 TERMINAL_EVENTS = set(SUCCESS_EVENT.values()) | FAILURE_EVENTS
@@ -94,6 +99,7 @@ class Command:
 async def publish_command(producer, topic: str, partitions: int, cmd: Command) -> int:
     """Publish with acks=all to the client's partition; returns the command's offset."""
     raw = cmd.encode()
-    fut = await producer.send(topic, raw, key=cmd.client_id.encode(), partition=partition_for(cmd.client_id, partitions))
+    key = cmd.client_id or cmd.tenant_id  # tenant-level commands have no client
+    fut = await producer.send(topic, raw, key=key.encode(), partition=partition_for(key, partitions))
     md = await fut
     return md.offset

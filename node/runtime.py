@@ -112,7 +112,8 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
         tenants = TenantStore(data / "tenants.json")
         key_file = data / "api_key"
         if not key_file.exists():
-            _tenant_id, api_key = tenants.create_tenant(DEFAULT_TENANT, keyring=keyring)
+            tenant_id, api_key = tenants.create_tenant(DEFAULT_TENANT, keyring=keyring)
+            await _record_tenant_key(bootstrap, opts, tenant_id)
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(api_key + "\n")
@@ -178,6 +179,21 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(node.stop)
+
+
+async def _record_tenant_key(bootstrap: str, opts: NodeOptions, tenant_id: str) -> None:
+    """Put the new tenant's key creation on the ledger (the trainer executes it)."""
+    from tensafe.events import kafka_io
+    from tensafe.events.commands import Command, publish_command
+    from tensafe.events.topics import topic_names
+
+    producer = kafka_io.make_producer(bootstrap)
+    await producer.start()
+    try:
+        cmd = Command(f"cmd_{secrets.token_hex(16)}", "CreateTenantKey", tenant_id, "", {"requested_by": "tensafe up"})
+        await publish_command(producer, topic_names(opts.topic_prefix).commands, opts.partitions, cmd)
+    finally:
+        await producer.stop()
 
 
 def serve_forever(opts: NodeOptions) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 
 from tensafe.crypto.sealed import open_sealed, seal
 from tensafe.events import codec, kafka_io
-from tensafe.events.commands import FAILURE_EVENTS, SUCCESS_EVENT, Command
+from tensafe.events.commands import FAILURE_EVENTS, SUCCESS_EVENT, TENANT_COMMANDS, Command
 from tensafe.events.ledger import LedgerEntry, LedgerWriter
 from tensafe.events.topics import topic_names
 
@@ -163,11 +163,18 @@ class TrainerWorker:
             return
         if cmd.command_type == "CancelCommand" and writer.is_done(cmd.payload["target_command_id"], "CommandCancelled"):
             return  # resolved together with its target
-        if cmd.command_type in ("RegisterDataset", "CreateTrainingClient", "CancelCommand"):
+        if cmd.command_type in ("RegisterDataset", "CreateTrainingClient", "CancelCommand", *TENANT_COMMANDS):
             if done is None:
                 await self._execute(writer, offset, cmd)
             return
-        session = await self._session(writer, cmd.client_id)
+        try:
+            session = await self._session(writer, cmd.client_id)
+        except Exception as exc:  # noqa: BLE001 — e.g. a shredded tenant's snapshot no longer opens
+            log.warning("client %s cannot be restored: %s", cmd.client_id, exc)
+            if done is None:
+                code = getattr(exc, "code", None) or "internal_error"
+                await self._fail(writer, cmd, code, f"{type(exc).__name__}: {exc}")
+            return
         if session is None:
             if done is None:
                 await self._fail(writer, cmd, "not_found", f"training client {cmd.client_id} does not exist")
@@ -271,6 +278,8 @@ class TrainerWorker:
             self.sessions[cmd.client_id] = new
             self.creates[cmd.client_id] = (cmd.tenant_id, event)
             return "TrainingClientCreated", event, True
+        if t in TENANT_COMMANDS:
+            return await asyncio.to_thread(self._tenant_key_command, cmd)
         if t == "CancelCommand":
             return "CommandFailed", {
                 "command_type": "tensafe.command.CancelCommand",
@@ -377,6 +386,33 @@ class TrainerWorker:
             "name": p["name"],
             "size": len(data),
         }, False
+
+    def _tenant_key_command(self, cmd: Command) -> tuple[str, dict, bool]:
+        """Key life-cycle operations, executed here so they land on the ledger in order."""
+        t, tenant = cmd.command_type, cmd.tenant_id
+        provider = type(self.keyring.provider).__name__
+        if t == "CreateTenantKey":
+            self.keyring.create_tenant(tenant)
+            info = self.keyring.provider.get(tenant)
+            return "TenantKeyCreated", {"kek_id": f"{tenant}/v{info.current_version}", "provider": provider}, False
+        if t == "RotateTenantKey":
+            old = self.keyring.provider.get(tenant).current_version
+            new = self.keyring.rotate_kek(tenant)
+            n = len(self.keyring.list_deks(tenant))
+            return "KeyRotated", {"old_kek_id": f"{tenant}/v{old}", "new_kek_id": f"{tenant}/v{new}", "deks_rewrapped": n}, False
+        # ShredTenant: afterwards nothing of the tenant decrypts; drop what this process holds in clear
+        try:
+            version = self.keyring.provider.get(tenant).current_version
+            deks = len(self.keyring.list_deks(tenant))
+        except Exception:  # already shredded (a re-run): still record the outcome
+            version, deks = 0, 0
+        self.keyring.shred_tenant(tenant)
+        self.keyring.forget_cache()
+        for client_id in [c for c, sess in self.sessions.items() if sess.tenant_id == tenant]:
+            del self.sessions[client_id]
+        self._dataset_texts_cache.clear()
+        return "TenantShredded", {"kek_id": f"{tenant}/v{version}", "deks_destroyed": deks,
+                                  "reason": cmd.payload.get("reason", "")}, False
 
     # -- sessions and snapshots ------------------------------------------------------
     async def _session(self, writer: LedgerWriter, client_id: str):

@@ -229,3 +229,57 @@ async def test_package_leaves_the_service_signed_encrypted_and_provable(node, tm
     with pytest.raises(PackageError) as wrong:
         unpack_package(data, HybridKemPrivateKey.generate(), tmp_path / "nope", trusted)
     assert wrong.value.code == "wrong_recipient"
+
+
+def _keys(info, action: str, tenant_id: str) -> int:
+    from tensafe.cli import build_parser
+
+    argv = ["keys", action, "--tenant", tenant_id, "--data-dir", str(info["data_dir"]), "--timeout", "90"]
+    if action == "shred":
+        argv += ["--yes", "--reason", "erasure request"]
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def _tenant_with_a_client(info) -> tuple[str, str, str]:
+    from tensafe import DPConfig, LoRAConfig, TrainingConfig
+    from tensafe.gateway.tenants import TenantStore
+    from tensafe.node.runtime import open_keyring
+
+    keyring = open_keyring(Path(info["data_dir"]))
+    tenant_id, key = TenantStore(Path(info["data_dir"]) / "tenants.json").create_tenant("leaving", keyring=keyring)
+    svc = _client(info, key)
+    tc = svc.create_training_client(TrainingConfig(
+        model_ref="tensafe-tiny-llama", lora_config=LoRAConfig(rank=4, alpha=8),
+        dp_config=DPConfig(sampling="client_batches", dataset_size=100, expected_batch_size=2), batch_size=2))
+    tc.forward_backward({"input_ids": [[1, 2, 3]] * 2, "labels": [[1, 2, 3]] * 2}).result()
+    svc.close()
+    return tenant_id, key, tc.client_id
+
+
+async def test_key_rotation_and_shredding_are_ledger_events(node):
+    from tensafe.errors import TenSafeError
+
+    tenant_id, key, client_id = await asyncio.to_thread(_tenant_with_a_client, node)
+    assert await asyncio.to_thread(_keys, node, "rotate", tenant_id) == 0
+    assert await asyncio.to_thread(_keys, node, "shred", tenant_id) == 0
+
+    def after_shred() -> str:
+        svc = _client(node, key)
+        try:
+            tc = svc.get_training_client(client_id)
+            tc.forward_backward({"input_ids": [[1, 2, 3]] * 2, "labels": [[1, 2, 3]] * 2}).result()
+        except TenSafeError as exc:
+            return exc.code
+        finally:
+            svc.close()
+        return "succeeded"
+
+    # nothing of the tenant can be sealed or opened any more: refused before anything is published
+    assert await asyncio.to_thread(after_shred) == "forbidden"
+    snap = await collect(node["bootstrap"], node["prefix"])
+    from tensafe.events.envelope import decode_envelope
+
+    types = [decode_envelope(raw).short_type for recs in snap.ledger.values() for _, raw in recs]
+    assert "KeyRotated" in types and "TenantShredded" in types and "TenantKeyCreated" in types
+    assert verify_snapshot(snap).ok  # the chain still verifies: it holds only ciphertext
