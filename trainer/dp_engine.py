@@ -42,10 +42,9 @@ def per_sample_norms(grad_samples: Sequence[torch.Tensor]) -> torch.Tensor:
         raise ValueError("no per-sample gradients")
     B = grad_samples[0].shape[0]
     acc_dtype = torch.float64 if grad_samples[0].dtype == torch.float64 else torch.float32
-    sq = torch.zeros(B, dtype=acc_dtype, device=grad_samples[0].device)
-    for g in grad_samples:
-        sq += g.reshape(B, -1).to(acc_dtype).pow(2).sum(1)
-    return sq.sqrt()
+    # One fused reduction per parameter, then the norm of the per-parameter norms.
+    per_param = [torch.linalg.vector_norm(g.reshape(B, -1), dim=1, dtype=acc_dtype) for g in grad_samples]
+    return torch.linalg.vector_norm(torch.stack(per_param, dim=1), dim=1)
 
 
 def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
@@ -199,7 +198,8 @@ class DPEngine:
         factors = clip_factors(norms, self.max_grad_norm)
         with torch.no_grad():
             for acc, g in zip(self._accum, grads, strict=True):
-                acc.add_(torch.einsum("i,i...->...", factors.to(acc.dtype), g.to(acc.dtype)))
+                # acc += sum_i factor_i * g_i as one fused matrix-vector product.
+                acc.view(-1).addmv_(g.reshape(g.shape[0], -1).t().to(acc.dtype), factors.to(acc.dtype))
         self.pending_samples += packed.batch_size
         self.pending_microbatches += 1
         nl = norms.detach().cpu()
@@ -228,12 +228,12 @@ class DPEngine:
         """
         std = noise_multiplier * self.max_grad_norm
         total = sum(a.numel() for a in self._accum)
-        flat = noise.normal((total,), std, dtype=torch.float64, device="cpu")
+        flat = noise.normal((total,), std, dtype=torch.float64, device=self.device)  # one host->device copy
         off = 0
         with torch.no_grad():
             for p, acc in zip(self.params, self._accum, strict=True):
                 n = acc.numel()
-                z = flat[off : off + n].view(acc.shape).to(acc.device)
+                z = flat[off : off + n].view(acc.shape)
                 off += n
                 g = (acc.to(torch.float64) + z) / float(expected_batch_size)
                 p.grad = g.to(p.dtype)
