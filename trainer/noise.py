@@ -61,38 +61,41 @@ class AesCtrStream:
         self._key = bytes(key)
         self.position = int(position)  # next unused block
 
-    def read_blocks(self, nblocks: int) -> bytes:
+    def _keystream(self, nblocks: int) -> bytearray:
         if nblocks < 0:
             raise ValueError("nblocks must be >= 0")
-        if nblocks == 0:
-            return b""
-        counter = self.position.to_bytes(16, "big")
-        enc = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
-        out = bytearray(nblocks * _BLOCK)
-        # Encrypting zeros yields the raw keystream; update_into avoids a copy.
-        enc.update_into(bytes(nblocks * _BLOCK), out)
+        n = nblocks * _BLOCK
+        out = bytearray(n + _BLOCK - 1)  # update_into wants block_size - 1 spare bytes
+        if nblocks:
+            counter = self.position.to_bytes(16, "big")
+            enc = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
+            # Encrypting zeros yields the raw keystream, written in place (no extra copies).
+            enc.update_into(bytes(n), out)
         self.position += nblocks
-        return bytes(out)
+        return out
+
+    def read_blocks(self, nblocks: int) -> bytes:
+        return bytes(self._keystream(nblocks)[: nblocks * _BLOCK])
 
     def uint64(self, n: int) -> np.ndarray:
         """n uniform 64-bit words (consumes ceil(n/2) blocks)."""
         nblocks = (n + 1) // 2
-        words = np.frombuffer(self.read_blocks(nblocks), dtype="<u8")
-        return words[:n]
+        return np.frombuffer(self._keystream(nblocks), dtype="<u8", count=2 * nblocks)[:n]
 
 
-def box_muller(words: np.ndarray) -> np.ndarray:
-    """Standard normals from an even number of uniform 64-bit words (float64).
+def box_muller(words: np.ndarray) -> torch.Tensor:
+    """Standard normals (float64 tensor) from an even number of uniform 64-bit words.
 
     u1 = (k1 + 1) 2^-53 lies in (0, 1] so log(u1) is finite; u2 = k2 2^-53 in [0, 1).
     The largest |z| is sqrt(-2 ln 2^-53) ~ 8.57: a truncation at a tail mass ~1e-17.
+    torch's vectorised float64 log/sqrt/cos/sin run ~3x faster than numpy's here.
     """
-    k = (words >> np.uint64(11)).astype(np.float64).reshape(-1, 2)
+    k = torch.from_numpy((words >> np.uint64(11)).astype(np.int64)).to(torch.float64).view(-1, 2)
     u1 = (k[:, 0] + 1.0) * _TWO_POW_M53
     u2 = k[:, 1] * _TWO_POW_M53
-    r = np.sqrt(-2.0 * np.log(u1))
+    r = torch.sqrt(-2.0 * torch.log(u1))
     theta = (2.0 * math.pi) * u2
-    return np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1).reshape(-1)
+    return torch.stack([r * torch.cos(theta), r * torch.sin(theta)], dim=1).reshape(-1)
 
 
 class GaussianNoiseSource:
@@ -115,10 +118,10 @@ class GaussianNoiseSource:
         how = "seeded-test-mode" if self.seeded else "os.urandom"
         return f"aes-256-ctr({how})+box-muller-f64"
 
-    def standard_normal(self, n: int) -> np.ndarray:
-        """n N(0,1) samples in float64; consumes ceil(n/2) blocks."""
+    def standard_normal(self, n: int) -> torch.Tensor:
+        """n N(0,1) samples (float64 CPU tensor); consumes ceil(n/2) blocks."""
         if n == 0:
-            return np.zeros(0, dtype=np.float64)
+            return torch.zeros(0, dtype=torch.float64)
         words = self._stream.uint64(2 * ((n + 1) // 2))
         return box_muller(words)[:n]
 
@@ -134,7 +137,7 @@ class GaussianNoiseSource:
             raise ValueError("std must be finite and >= 0")
         n = math.prod(shape)
         z = self.standard_normal(n) * float(std)
-        return torch.from_numpy(z).reshape(tuple(shape)).to(device=device, dtype=dtype)
+        return z.reshape(tuple(shape)).to(device=device, dtype=dtype)
 
     # --- resume -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def test_noise_has_std_sigma_C_and_mean_zero() -> None:
 
 
 def test_tails_and_pairs_are_gaussian() -> None:
-    z = GaussianNoiseSource(b"tails").standard_normal(N)
+    z = GaussianNoiseSource(b"tails").standard_normal(N).numpy()
     # Tail mass beyond 3 sigma: 0.0027 expected, binomial 5-sigma band.
     p3 = 2 * stats.norm.sf(3)
     assert abs(np.mean(np.abs(z) > 3) - p3) < 5 * math.sqrt(p3 * (1 - p3) / N)
@@ -66,7 +66,14 @@ def test_stream_is_aes_ctr_keystream() -> None:
     # Box-Muller on those words is what the source returns.
     src = GaussianNoiseSource(b"k", label=b"label")
     words = np.frombuffer(ks[:32], dtype="<u8")
-    assert np.array_equal(src.standard_normal(4), box_muller(words))
+    got = src.standard_normal(4)
+    assert torch.equal(got, box_muller(words))
+    # ... and that is textbook Box-Muller on 53-bit uniforms u1 in (0, 1], u2 in [0, 1).
+    k = (words >> np.uint64(11)).astype(np.float64)
+    u1, u2 = (k[0::2] + 1) * 2.0**-53, k[1::2] * 2.0**-53
+    r, th = np.sqrt(-2 * np.log(u1)), 2 * np.pi * u2
+    want = np.stack([r * np.cos(th), r * np.sin(th)], 1).reshape(-1)
+    assert np.allclose(got.numpy(), want, rtol=0, atol=1e-14)
 
 
 def test_resume_reproduces_the_uninterrupted_stream() -> None:
