@@ -89,7 +89,7 @@ def encode_stream(tokenizer, chapters: list[str]):  # -> torch.LongTensor
     import torch
 
     ids: list[int] = []
-    enc = tokenizer(chapters, add_special_tokens=True)["input_ids"]  # each starts with BOS
+    enc = tokenizer(chapters, add_special_tokens=True, verbose=False)["input_ids"]  # each starts with BOS
     for seq in enc:
         ids.extend(seq)
         ids.append(tokenizer.eos_token_id)
@@ -130,7 +130,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-positions", type=int, default=512)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--steps", type=int, default=500, help="total optimizer steps (deterministic)")
+    ap.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="time budget instead of --steps: the total step count is fixed at the end of warmup from "
+        "the measured step time; the card records it so `--steps N` replays the run exactly",
+    )
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=60)
@@ -146,7 +153,19 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_false",
         help="train in plain fp32 (default: bf16 autocast forward, fp32 master weights; ~1.6x faster here)",
     )
+    ap.add_argument(
+        "--card-only",
+        action="store_true",
+        help="only re-render README.md of an existing --out from its training_stats.json",
+    )
     args = ap.parse_args(argv)
+    if args.card_only:
+        stats = json.loads((args.out / "training_stats.json").read_text())
+        if "steps_requested" in stats:  # stats written by an earlier version of this script
+            stats["steps_planned"] = stats.pop("steps_requested")
+        stats.setdefault("args", {}).setdefault("autocast_bf16", True)
+        write_card(args.out, stats)
+        return stats
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -207,10 +226,13 @@ def main(argv: list[str] | None = None) -> dict:
         eps=1e-8,
     )
 
+    total_steps = args.steps
+
     def lr_at(step: int) -> float:
+        # Warmup does not depend on the total, so --minutes can fix the total during warmup.
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
-        frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+        frac = (step - args.warmup) / max(1, total_steps - args.warmup)
         return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -220,10 +242,21 @@ def main(argv: list[str] | None = None) -> dict:
     log: list[dict] = []
     t_start = time.perf_counter()
     deadline = t_start + args.max_minutes * 60
+    if args.minutes is not None:
+        total_steps = 10**9  # decided at the end of warmup
+        deadline = min(deadline, t_start + args.minutes * 60 * 1.25)
     ema = None
     steps_done = 0
     model.train()
-    for step in range(args.steps):
+    step = 0
+    while step < total_steps:
+        if args.minutes is not None and step == args.warmup:
+            per_step = (time.perf_counter() - t_start) / max(1, step)
+            remaining = args.minutes * 60 - (time.perf_counter() - t_start)
+            total_steps = args.warmup + max(1, int(remaining / per_step))
+            print(
+                f"--minutes {args.minutes}: {per_step:.2f} s/step -> {total_steps} steps in total", flush=True
+            )
         if time.perf_counter() > deadline:
             print(f"time cap hit at step {step}", flush=True)
             break
@@ -242,10 +275,10 @@ def main(argv: list[str] | None = None) -> dict:
         steps_done = step + 1
         lv = loss.item()
         ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-        if step % 20 == 0 or steps_done == args.steps:
+        if step % 20 == 0 or steps_done == total_steps:
             el = time.perf_counter() - t_start
             print(f"step {step:5d} loss {lv:.3f} ema {ema:.3f} lr {lr_at(step):.2e} {el:6.0f}s", flush=True)
-        if args.eval_every and steps_done % args.eval_every == 0 and steps_done != args.steps:
+        if args.eval_every and steps_done % args.eval_every == 0 and steps_done != total_steps:
             hl = evaluate(model, held_stream, args.seq_len)
             log.append(
                 {
@@ -256,6 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
                 }
             )
             print(f"  held-out loss {hl:.3f} (ppl {math.exp(hl):.1f})", flush=True)
+        step += 1
     train_seconds = time.perf_counter() - t_start
     final_held = evaluate(model, held_stream, args.seq_len)
     log.append(
@@ -280,18 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
     re_model = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True, dtype=torch.float32)
     re_model.eval()
     reload_held = evaluate(re_model, held_stream, args.seq_len)
-    prompt = "And the LORD said unto Moses,"
-    enc = re_tok(prompt, return_tensors="pt")
-    with torch.no_grad():
-        greedy = re_model.generate(**enc, max_new_tokens=48, do_sample=False)
-        torch.manual_seed(args.seed)
-        sampled = re_model.generate(**enc, max_new_tokens=48, do_sample=True, temperature=0.8, top_p=0.95)
-    greedy_text = re_tok.decode(greedy[0], skip_special_tokens=True)
-    sample_text = re_tok.decode(sampled[0], skip_special_tokens=True)
-    print("greedy:", greedy_text)
-    print("sample:", sample_text)
+    del re_tok, re_model
 
-    size_bytes = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     stats = {
         "name": MODEL_NAME,
         "parameters": n_params,
@@ -299,8 +323,9 @@ def main(argv: list[str] | None = None) -> dict:
         "train_tokens": len(train_stream),
         "heldout_tokens": len(held_stream),
         "steps": steps_done,
-        "steps_requested": args.steps,
-        "time_capped": steps_done < args.steps,
+        "steps_planned": total_steps if total_steps < 10**9 else None,
+        "time_capped": steps_done < total_steps,
+        "replay": f"--steps {total_steps}" if args.minutes is not None and total_steps < 10**9 else None,
         "tokens_seen": steps_done * args.batch * args.seq_len,
         "train_minutes": round(train_seconds / 60, 2),
         "init_heldout_loss": round(init_loss, 4),
@@ -318,13 +343,50 @@ def main(argv: list[str] | None = None) -> dict:
         "python": platform.python_version(),
         "eval_log": log,
     }
+    stats["command"] = (
+        "python scripts/build_base_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    ).strip()
     (out / "training_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    cmd = "python scripts/build_base_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    (out / "README.md").write_text(model_card(stats, cmd.strip(), prompt, greedy_text, sample_text))
+    write_card(out, stats)
     size_bytes = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     print(f"saved {out} ({size_bytes / 1e6:.2f} MB)")
     assert size_bytes < 25 * 1024 * 1024, "shipped model directory must stay under 25 MB"
     return stats
+
+
+def write_card(out: Path, stats: dict) -> None:
+    """Reload the saved model offline in fp32 (as TenSafe does), sample it, and write README.md."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True, dtype=torch.float32)
+    model.eval()
+    prompt = "And the LORD said unto Moses,"
+    enc = tok(prompt, return_tensors="pt")
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        greedy = model.generate(**enc, max_new_tokens=48, do_sample=False)
+        torch.manual_seed(stats["args"]["seed"])
+        sampled = model.generate(**enc, max_new_tokens=48, do_sample=True, temperature=0.8, top_p=0.95)
+    greedy_text = tok.decode(greedy[0], skip_special_tokens=True)
+    sample_text = tok.decode(sampled[0], skip_special_tokens=True)
+    print("greedy:", greedy_text)
+    print("sample:", sample_text)
+    cmd = stats.get("command", "python scripts/build_base_model.py")
+    (out / "README.md").write_text(model_card(stats, cmd, prompt, greedy_text, sample_text))
+
+
+def _run_note(s: dict) -> str:
+    notes = []
+    if s.get("replay"):
+        notes.append(f" The step count came from a time budget; `{s['replay']}` replays this run exactly.")
+    if s.get("time_capped"):
+        notes.append(
+            f" Training hit the `--max-minutes` safety cap after {s['steps']} of {s['steps_planned']} planned "
+            "steps (the machine was shared), so this exact artifact is not bit-reproducible by re-running "
+            f"the command; `--steps {s['steps']}` gives the same number of steps with a fully decayed schedule."
+        )
+    return "".join(notes)
 
 
 def model_card(s: dict, cmd: str, prompt: str, greedy: str, sample: str) -> str:
@@ -367,7 +429,8 @@ The model weights, tokenizer and this card are released under the project's lice
 lr {a["lr"]} with {a["warmup"]} warmup steps and cosine decay to {a["min_lr_frac"]}×, grad-norm clip 1.0,
 batch {a["batch"]} × {a["seq_len"]} random windows of the packed token stream.
 {s["steps"]} steps ({s["tokens_seen"]:,} tokens, {s["tokens_seen"] / max(1, s["train_tokens"]):.1f} epochs of
-{s["train_tokens"]:,} training tokens) in {s["train_minutes"]} min on CPU (torch {s["torch"]}).
+{s["train_tokens"]:,} training tokens) in {s["train_minutes"]} min on CPU (torch {s["torch"]}; bf16 autocast
+forward: {a["autocast_bf16"]}).{_run_note(s)}
 
 | | loss (nats/token) | perplexity |
 | --- | --- | --- |

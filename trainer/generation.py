@@ -18,6 +18,7 @@ Plain functions, no module state. Semantics (Tinker-style):
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import secrets
 from collections.abc import Sequence
@@ -60,6 +61,14 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     while "_module" in getattr(model, "_modules", {}):
         model = model._modules["_module"]  # type: ignore[assignment]
     return model
+
+
+def _supports_logits_to_keep(model: torch.nn.Module) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -285,6 +294,7 @@ def _generate_batch(
         if budgets[b] == 0:
             finish[b] = "length"
 
+    extra = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
     was_training = model.training
     model.eval()
     try:
@@ -299,7 +309,7 @@ def _generate_batch(
                     position_ids=step_pos,
                     past_key_values=cache,
                     use_cache=True,
-                    logits_to_keep=1,
+                    **extra,
                 )
                 cache = outputs.past_key_values
                 logits = outputs.logits[:, -1, :].float()
