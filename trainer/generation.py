@@ -183,6 +183,7 @@ def generate(
     Give exactly one of ``prompts`` (text, tokenized with ``tokenizer``, which adds BOS) or
     ``prompt_tokens`` (token ids used as given). ``tokenizer`` may be ``None`` only with
     ``prompt_tokens``, in which case ``text`` is ``""`` and stop strings are unsupported.
+    ``top_k <= 0`` (Tinker uses -1) and ``top_p == 1`` disable those filters.
     Rows are batched (left padding, KV cache) up to ``max_batch_size`` at a time. Generation
     also ends with ``"length"`` when the model's context (``max_position_embeddings``) is full.
     Returns ``len(prompts) * num_samples`` completions, prompt-major.
@@ -196,8 +197,6 @@ def generate(
         raise ValueError("temperature must be a finite number >= 0")
     if not 0.0 < top_p <= 1.0:
         raise ValueError("top_p must be in (0, 1]")
-    if top_k < 0:
-        raise ValueError("top_k must be >= 0 (0 disables it)")
     if num_samples < 1:
         raise ValueError("num_samples must be >= 1")
     if max_batch_size < 1:
@@ -241,7 +240,7 @@ def generate(
                 max_tokens=max_tokens,
                 temperature=float(temperature),
                 top_p=float(top_p),
-                top_k=int(top_k),
+                top_k=max(0, int(top_k)),
                 stop_strs=stop_strs,
                 stop_ids=stop_ids,
                 limit=limit,
