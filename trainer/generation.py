@@ -123,22 +123,28 @@ def _filter_sample(
     if temperature <= 0:
         return logits.argmax(dim=-1)
     scores = logits / temperature
-    sorted_scores, sorted_idx = torch.sort(scores, dim=-1, descending=True)
     vocab = scores.shape[-1]
+    # Restrict to the top-k (sorted) or sort for top-p; with neither, sample the full vocabulary as is.
+    idx: torch.Tensor | None
     if 0 < top_k < vocab:
-        sorted_scores[:, top_k:] = -math.inf
-    probs = torch.softmax(sorted_scores, dim=-1)
+        scores, idx = torch.topk(scores, top_k, dim=-1)
+    elif top_p < 1.0:
+        scores, idx = torch.sort(scores, dim=-1, descending=True)
+    else:
+        idx = None
+    probs = torch.softmax(scores, dim=-1)
     if top_p < 1.0:
         cum = probs.cumsum(dim=-1)
         # keep a token if the mass strictly before it is < top_p (always keeps the first)
-        drop = (cum - probs) >= top_p
-        probs = probs.masked_fill(drop, 0.0)
+        probs = probs.masked_fill((cum - probs) >= top_p, 0.0)
     cdf = probs.cumsum(dim=-1)
     target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-    pos = torch.searchsorted(cdf, target, right=True).clamp_(max=vocab - 1)
-    # never land on a zero-probability slot (possible only through rounding at the tail)
-    pos = torch.minimum(pos, (probs > 0).sum(dim=-1, keepdim=True) - 1)
-    return sorted_idx.gather(-1, pos).squeeze(-1)
+    pos = torch.searchsorted(cdf, target, right=True)
+    # u*total can round up to the total: fall back to the last token with non-zero probability
+    arange = torch.arange(probs.shape[-1], device=probs.device)
+    last = torch.where(probs > 0, arange, -1).amax(dim=-1, keepdim=True)
+    pos = torch.minimum(pos, last)
+    return pos.squeeze(-1) if idx is None else idx.gather(-1, pos).squeeze(-1)
 
 
 def _normalise_stop(

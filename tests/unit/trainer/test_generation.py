@@ -251,3 +251,29 @@ def test_readable_sample(mt):
     assert sum(w in common for w in words) / max(1, len(words)) > 0.2, text
     assert len(set(words)) >= 30, text  # not a degenerate loop
     assert sum(w.isalpha() for w in words) / max(1, len(words)) > 0.8, text
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"),
+    [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.8), (2.0, 4, 0.9)],
+)
+def test_sampler_matches_filtered_distribution(temperature, top_k, top_p):
+    from tensafe.trainer.generation import _filter_sample
+
+    raw = torch.tensor([0.5, 2.0, -1.0, 1.0, 0.0, -40.0])
+    n = 20_000
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n  # evenly spread "uniforms"
+    got = _filter_sample(raw.repeat(n, 1), u, temperature, top_p, top_k)
+    freq = torch.bincount(got, minlength=raw.numel()).double() / n
+    p = torch.softmax(raw.double() / temperature, dim=-1)
+    order = torch.argsort(p, descending=True)
+    keep = torch.zeros_like(p, dtype=torch.bool)
+    mass = 0.0
+    for rank, i in enumerate(order.tolist()):
+        if (top_k and rank >= top_k) or mass >= top_p:
+            break
+        keep[i] = True
+        mass += float(p[i])
+    expected = torch.where(keep, p, 0.0)
+    expected /= expected.sum()
+    assert torch.allclose(freq, expected, atol=2e-4), (freq, expected)
