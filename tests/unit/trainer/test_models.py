@@ -50,9 +50,20 @@ def shipped():
 
 @pytest.fixture()
 def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    """No network: any socket connection attempt fails the test."""
+    import socket
+
+    attempts: list[object] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted during an offline model load")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("HF_HOME", "/nonexistent-tensafe-hf-home")
+    yield attempts
+    assert not attempts, f"network access attempted: {attempts}"
 
 
 # --- the shipped asset ------------------------------------------------------------------------
