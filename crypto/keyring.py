@@ -28,7 +28,6 @@ an advisory flock)::
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import secrets
@@ -42,6 +41,7 @@ from typing import Any
 
 from ._util import atomic_write, lp_str
 from .errors import KeyDestroyed, KeyNotFound, KeyringCorrupt, TenantMismatch
+from .files import exclusive_lock, file_signature
 from .providers import Argon2Params, KekProvider, LocalKekProvider
 
 DEK_LEN = 32
@@ -118,20 +118,11 @@ class Keyring:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with self._mutex:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
+        with exclusive_lock(self._lock_path, self._mutex):
+            yield
 
     def _file_stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.records_path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return file_signature(self.records_path)
 
     def _load(self) -> None:
         try:

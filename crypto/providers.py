@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fcntl
 import json
 import os
 import secrets
@@ -67,6 +66,7 @@ from .errors import (
     KeyringCorrupt,
     KeyringLocked,
 )
+from .files import exclusive_lock, file_signature
 
 MASTER_KEY_ENV = "TS_KEY_MASTER"
 KEK_LEN = 32
@@ -201,13 +201,8 @@ class LocalKekProvider:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Thread mutex + inter-process flock around read-modify-write of the file."""
-        with self._mutex:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # closing releases the flock
+        with exclusive_lock(self._lock_path, self._mutex):
+            yield
 
     def _new_sealing(self) -> None:
         salt = secrets.token_bytes(16)
@@ -234,11 +229,7 @@ class LocalKekProvider:
         ).derive(self._passphrase)
 
     def _file_stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return file_signature(self.path)
 
     def _load(self) -> None:
         data = self.path.read_bytes()

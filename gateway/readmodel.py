@@ -368,6 +368,10 @@ class ReadModel:
             ledger_seq=entry.seq,
             partition=entry.partition,
         )
+        self._put_artifact(a)
+
+    def _put_artifact(self, a: ArtifactRec) -> None:
+        """Insert or replace (a replayed event) keeping the listing order."""
         if a.artifact_id not in self.artifacts:
             self._index("artifacts", a.tenant_id, a.artifact_id, a)
         else:
@@ -395,11 +399,7 @@ class ReadModel:
             ledger_seq=entry.seq,
             partition=entry.partition,
         )
-        if a.artifact_id not in self.artifacts:
-            self._index("artifacts", a.tenant_id, a.artifact_id, a)
-        else:
-            a.order = self.artifacts[a.artifact_id].order
-        self.artifacts[a.artifact_id] = a
+        self._put_artifact(a)
 
     def _dataset_registered(self, entry: LedgerEntry, p: dict[str, Any]) -> None:
         env = entry.envelope

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from tensafe.crypto.files import atomic_write, exclusive_lock, file_signature
 
 KEY_PREFIX = "tml-"
 _KEY_RE = re.compile(r"^tml-([0-9a-f]{16})-([0-9a-f]{48})$")
@@ -73,22 +73,6 @@ def parse_key(api_key: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)  # make the rename itself durable
-    finally:
-        os.close(dfd)
-
-
 class TenantStore:
     """Thread-safe; several processes may share the file (flock + reload on change)."""
 
@@ -108,20 +92,11 @@ class TenantStore:
     # -- persistence -------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with self._mutex:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
+        with exclusive_lock(self._lock_path, self._mutex):
+            yield
 
     def _file_stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return file_signature(self.path)
 
     def _load(self) -> None:
         try:
@@ -135,7 +110,7 @@ class TenantStore:
         self._stat = self._file_stat()
 
     def _save(self) -> None:
-        _atomic_write(self.path, json.dumps(self._body, sort_keys=True, indent=1).encode())
+        atomic_write(self.path, json.dumps(self._body, sort_keys=True, indent=1).encode())
         self._stat = self._file_stat()
 
     def refresh(self) -> bool:
