@@ -114,6 +114,7 @@ class LedgerWriter:
         self._broken: BaseException | None = None
         self._tree = None
         self._since_checkpoint = 0
+        self.checkpointed_size = 0  # tree size of the last checkpoint this writer signed
         self._checkpoint_task: asyncio.Task | None = None
 
     # -- life cycle -------------------------------------------------------------
@@ -278,6 +279,11 @@ class LedgerWriter:
         return results  # type: ignore[return-value]
 
     # -- checkpoints -----------------------------------------------------------
+    @property
+    def uncheckpointed(self) -> int:
+        """Accepted events not covered by a checkpoint (the CheckpointSigned record aside)."""
+        return max(0, self.state.next_seq - self.checkpointed_size - (1 if self.checkpointed_size else 0))
+
     async def checkpoint(self):
         """Sign a Merkle checkpoint over every accepted event so far and publish it."""
         from tensafe.events.checkpoints import make_checkpoint, publish_checkpoint
@@ -289,6 +295,7 @@ class LedgerWriter:
             root = self._tree.root(size)
             head = self.state.hash_at(size - 1)
         cp = make_checkpoint(self.signer, self.ledger_id, self.partition, size, root, head)
+        self.checkpointed_size = size
         await publish_checkpoint(self._producer, self.checkpoint_topic, cp)
         await self.append(
             "CheckpointSigned",

@@ -49,6 +49,7 @@ class TrainerWorker:
         topic_prefix: str = "",
         signer=None,
         checkpoint_every: int = 256,
+        checkpoint_interval_s: float = 10.0,
         ledger_id: str = "default",
         test_mode: bool = False,
     ) -> None:
@@ -61,6 +62,7 @@ class TrainerWorker:
         self.topics = topic_names(topic_prefix)
         self.signer = signer
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.ledger_id = ledger_id
         self.test_mode = test_mode
         self.writers: dict[int, LedgerWriter] = {}
@@ -90,15 +92,34 @@ class TrainerWorker:
             self.writers[p] = w
         self.ready.set()
         try:
-            await asyncio.gather(*(self._consume(p, stop) for p in self.partitions))
+            tasks = [self._consume(p, stop) for p in self.partitions]
+            if self.signer is not None and self.checkpoint_interval_s > 0:
+                tasks.append(self._checkpoint_periodically(stop))
+            await asyncio.gather(*tasks)
         finally:
             for w in self.writers.values():
-                if self.signer is not None and w.epoch:
+                if self.signer is not None and w.epoch and w.uncheckpointed:
                     try:
                         await w.checkpoint()
                     except Exception:  # stopping anyway; the next start checkpoints again
                         log.exception("final checkpoint failed")
                 await w.stop()
+
+    async def _checkpoint_periodically(self, stop: asyncio.Event) -> None:
+        """Sign a checkpoint of every partition with new events, every few seconds, so
+        recent events are pinned (truncation and edits detectable) without waiting for
+        ``checkpoint_every`` events."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.checkpoint_interval_s)
+            except TimeoutError:
+                pass
+            for w in self.writers.values():
+                if w.uncheckpointed and not stop.is_set():
+                    try:
+                        await w.checkpoint()
+                    except Exception:  # noqa: BLE001 — the next round tries again
+                        log.exception("periodic checkpoint of partition %d failed", w.partition)
 
     def _on_replay(self, entry: LedgerEntry) -> None:
         env = entry.envelope
