@@ -349,3 +349,17 @@ class LedgerFollower:
             entry = self._feed(rec)
             if entry is not None:
                 yield entry
+
+
+async def follow_many(followers: list[LedgerFollower], stop: asyncio.Event | None = None) -> AsyncIterator[LedgerEntry]:
+    """Follow several partitions of one ledger topic with one consumer (one idle fetch
+    for all of them); each record still goes through its partition's chain rules."""
+    if not followers:
+        return
+    by_partition = {f.partition: f for f in followers}
+    first = followers[0]
+    starts = {f.partition: f.next_offset for f in followers}
+    async for rec in kafka_io.follow_partitions(first.bootstrap, first.topic, starts, stop=stop):
+        entry = by_partition[rec.partition]._feed(rec)
+        if entry is not None:
+            yield entry

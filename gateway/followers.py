@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from tensafe.events import codec, kafka_io
 from tensafe.events.commands import Command
-from tensafe.events.ledger import LedgerFollower
+from tensafe.events.ledger import LedgerFollower, follow_many
 from tensafe.events.topics import TopicNames
 from tensafe.gateway.readmodel import ReadModel
 
@@ -70,11 +70,10 @@ class LogFollowers:
                 self.model.apply_command(cmd, headers)
 
     def start(self) -> None:
-        for f in self.ledger:
-            self._tasks.append(asyncio.create_task(self._run(f"ledger-{f.partition}", self._follow_ledger(f))))
+        # One consumer per topic for all partitions: one idle long-poll instead of one each.
+        self._tasks.append(asyncio.create_task(self._run("ledger", self._follow_ledger())))
         if self.follow_commands_live:
-            for p in range(self.partitions):
-                self._tasks.append(asyncio.create_task(self._run(f"commands-{p}", self._follow_commands(p))))
+            self._tasks.append(asyncio.create_task(self._run("commands", self._follow_commands())))
 
     async def _run(self, name: str, coro: object) -> None:
         try:
@@ -85,16 +84,17 @@ class LogFollowers:
             log.exception("follower %s stopped", name)
             self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
 
-    async def _follow_ledger(self, f: LedgerFollower) -> None:
-        async with contextlib.aclosing(f.follow(self._stop)) as it:
+    async def _follow_ledger(self) -> None:
+        async with contextlib.aclosing(follow_many(self.ledger, self._stop)) as it:
             async for entry in it:
                 self.model.apply_ledger(entry)
 
-    async def _follow_commands(self, p: int) -> None:
-        it = kafka_io.follow_partition(
-            self.bootstrap, self.topics.commands, p, start_offset=self.command_offsets[p], stop=self._stop
-        )
-        await self._apply_commands(p, it)
+    async def _follow_commands(self) -> None:
+        starts = dict(enumerate(self.command_offsets))
+        it = kafka_io.follow_partitions(self.bootstrap, self.topics.commands, starts, stop=self._stop)
+        async with contextlib.aclosing(it) as records:
+            async for rec in records:
+                await self._apply_commands(rec.partition, _one(rec))
 
     def healthy(self) -> list[str]:
         """Reasons the read model may be stale (empty when all followers run)."""
@@ -113,6 +113,10 @@ class LogFollowers:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+
+
+async def _one(rec: kafka_io.ConsumerRecord) -> AsyncIterator[kafka_io.ConsumerRecord]:
+    yield rec
 
 
 def _peek_command_id(raw: bytes) -> str | None:

@@ -74,14 +74,16 @@ async def run_projector(
     # Bounded: a slow DuckDB pushes back on the readers instead of filling memory.
     queue: asyncio.Queue[RawRecord] = asyncio.Queue(maxsize=max(4 * max_batch, 1000))
 
-    async def read(p: int) -> None:
+    async def read() -> None:
         # Raw records, not LedgerFollower entries: the read model applies the chain
         # rules itself (the same code path as Faust and replay), so rejected records
         # are counted and its position advances past them exactly as in a replay.
-        gen = kafka_io.follow_partition(bootstrap, topic, p, start_offset=readmodel.next_offset(p), stop=stop_event)
+        # One consumer for every partition: one idle long-poll, not one per partition.
+        starts = {p: readmodel.next_offset(p) for p in partitions}
+        gen = kafka_io.follow_partitions(bootstrap, topic, starts, stop=stop_event)
         async with contextlib.aclosing(gen):
             async for rec in gen:
-                await queue.put(RawRecord(p, rec.offset, rec.value, rec.timestamp))
+                await queue.put(RawRecord(rec.partition, rec.offset, rec.value, rec.timestamp))
 
     async def apply() -> None:
         while True:
@@ -105,7 +107,7 @@ async def run_projector(
                 batch.append(queue.get_nowait())
             await asyncio.to_thread(readmodel.apply, batch)
 
-    readers = [asyncio.create_task(read(p), name=f"projector-read-{p}") for p in partitions]
+    readers = [asyncio.create_task(read(), name="projector-read")]
     applier = asyncio.create_task(apply(), name="projector-apply")
     tasks = {*readers, applier}
     try:

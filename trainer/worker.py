@@ -92,7 +92,7 @@ class TrainerWorker:
             self.writers[p] = w
         self.ready.set()
         try:
-            tasks = [self._consume(p, stop) for p in self.partitions]
+            tasks = [self._consume(stop)]
             if self.signer is not None and self.checkpoint_interval_s > 0:
                 tasks.append(self._checkpoint_periodically(stop))
             await asyncio.gather(*tasks)
@@ -131,32 +131,38 @@ class TrainerWorker:
             rec = env.payload_record()
             self.datasets[rec["dataset_id"]] = (env.tenant_id, rec["artifact_id"], rec["num_records"])
 
-    async def _consume(self, p: int, stop: asyncio.Event) -> None:
-        """A reader task runs ahead of execution, so a CancelCommand is known before the
-        executor reaches its (still queued) target."""
-        writer = self.writers[p]
-        queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+    async def _consume(self, stop: asyncio.Event) -> None:
+        """One reader for every owned partition (one idle long-poll), running ahead of
+        execution so a CancelCommand is known before its queued target is reached; one
+        executor per partition keeps each partition's order."""
+        queues: dict[int, asyncio.Queue] = {p: asyncio.Queue(maxsize=10_000) for p in self.partitions}
         cancels: dict[str, tuple[str, str]] = {}  # target command id -> (cancel command id, tenant)
 
         async def read() -> None:
             try:
-                async for rec in kafka_io.follow_partition(self.bootstrap, self.topics.commands, p, start_offset=0, stop=stop):
+                starts = {p: 0 for p in self.partitions}
+                async for rec in kafka_io.follow_partitions(self.bootstrap, self.topics.commands, starts, stop=stop):
                     try:
                         cmd = Command.decode(rec.value)
                     except codec.DecodeError as exc:
-                        log.error("partition %d offset %d: undecodable command skipped: %s", p, rec.offset, exc)
+                        log.error("partition %d offset %d: undecodable command skipped: %s", rec.partition, rec.offset, exc)
                         continue
                     if cmd.command_type == "CancelCommand":
                         cancels.setdefault(cmd.payload["target_command_id"], (cmd.command_id, cmd.tenant_id))
-                    await queue.put((rec.offset, cmd))
+                    await queues[rec.partition].put((rec.offset, cmd))
             finally:
-                await queue.put(None)
+                for q in queues.values():
+                    await q.put(None)
+
+        async def execute(p: int) -> None:
+            writer = self.writers[p]
+            while (item := await queues[p].get()) is not None:
+                offset, cmd = item
+                await self._handle(writer, offset, cmd, cancels)
 
         reader = asyncio.create_task(read())
         try:
-            while (item := await queue.get()) is not None:
-                offset, cmd = item
-                await self._handle(writer, offset, cmd, cancels)
+            await asyncio.gather(*(execute(p) for p in self.partitions))
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
