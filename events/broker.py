@@ -270,6 +270,11 @@ class _Spawner:
 _spawner = _Spawner()
 
 
+def spawn_child(argv: list[str], *, env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a helper process that dies with this one (PR_SET_PDEATHSIG), logging to a file."""
+    return _spawner.spawn(argv, env=env, cwd=cwd, log_path=log_path)
+
+
 def terminate_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
     """SIGTERM, wait ``timeout`` s, then SIGKILL; always reaps. Returns the exit code."""
     if proc.poll() is None:

@@ -23,6 +23,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,14 +86,13 @@ def open_store(data_dir: Path, keyring):
 
 async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
     import uvicorn
-    from tensafe.events.broker import EmbeddedBroker, ExternalKafka
+    from tensafe.events.broker import EmbeddedBroker, ExternalKafka, terminate_process
     from tensafe.events.topics import LEDGER, ensure_topics
     from tensafe.gateway.app import create_app
     from tensafe.gateway.settings import Settings
     from tensafe.gateway.tenants import TenantStore
     from tensafe.projections.projector import run_projector
     from tensafe.projections.readmodel import ReadModel
-    from tensafe.trainer.worker import TrainerWorker
 
     data = opts.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
@@ -102,12 +102,13 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
         node = EmbeddedBroker(opts.storage, data / "broker" if opts.storage == "durable" else None)
     await asyncio.to_thread(node.start)
     tasks: list[asyncio.Task] = []
+    trainer = None
     try:
         bootstrap = node.bootstrap
         await ensure_topics(bootstrap, partitions=opts.partitions, topic_prefix=opts.topic_prefix)
         keyring = await asyncio.to_thread(open_keyring, data)
         store = open_store(data, keyring)
-        signer = await asyncio.to_thread(load_or_create_signing_key, data)
+        await asyncio.to_thread(load_or_create_signing_key, data)  # created once here; the trainer loads it
 
         tenants = TenantStore(data / "tenants.json")
         key_file = data / "api_key"
@@ -118,18 +119,10 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
             with os.fdopen(fd, "w") as fh:
                 fh.write(api_key + "\n")
 
-        worker = TrainerWorker(
-            bootstrap,
-            keyring,
-            store,
-            data / "trainer-state",
-            partitions=list(range(opts.partitions)),
-            topic_prefix=opts.topic_prefix,
-            signer=signer,
-            checkpoint_every=256,
-            test_mode=opts.test_mode,
-        )
-        tasks.append(asyncio.create_task(worker.run(stop), name="trainer"))
+        # The trainer runs as its own process, as in the cluster: its compute (Python-heavy
+        # per-sample hooks) then never competes with the gateway's event loop for the GIL.
+        trainer = await _start_trainer(bootstrap, opts, data)
+        tasks.append(asyncio.create_task(_watch(trainer, stop), name="trainer"))
 
         readmodel = ReadModel(str(data / "readmodel.duckdb"))
         tasks.append(
@@ -143,6 +136,7 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
             tenants_path=data / "tenants.json",
             topic_prefix=opts.topic_prefix,
             partitions=opts.partitions,
+            models=_available_models(),
             extra={"artifact_store": store},  # package downloads
         )
         app = create_app(settings)
@@ -159,7 +153,6 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
         url = f"http://{opts.host}:{port}"
         write_node(data, {"bootstrap": bootstrap, "gateway_url": url, "topic_prefix": opts.topic_prefix,
                           "api_key_file": str(key_file), "pid": os.getpid()})
-        await worker.ready.wait()
         print(f"TenSafe node up: {url}   (API key in {key_file}; data in {data})", flush=True)
         if started is not None:
             started.set()
@@ -178,7 +171,51 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
                 t.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
+        if trainer is not None:
+            await asyncio.to_thread(terminate_process, trainer, 30)
         await asyncio.to_thread(node.stop)
+
+
+def _available_models() -> tuple:
+    """Every model the trainer can load here (shipped, then $TENSAFE_MODEL_DIR), with the
+    limits the gateway validates against; read from config.json only."""
+    from tensafe.gateway.settings import ModelSpec
+    from tensafe.trainer.models import list_models, resolve_model_ref
+
+    return tuple(ModelSpec.from_model_dir(ref, resolve_model_ref(ref)) for ref in list_models())
+
+
+async def _start_trainer(bootstrap: str, opts: NodeOptions, data: Path):
+    """``python -m tensafe.trainer`` for every partition; returns once it has claimed them."""
+    from tensafe.events.broker import spawn_child, terminate_process
+
+    ready = data / "trainer.ready"
+    ready.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "tensafe.trainer", "--bootstrap", bootstrap, "--data-dir", str(data),
+            "--topic-prefix", opts.topic_prefix, "--ready-file", str(ready)]
+    if opts.test_mode:
+        argv.append("--test-mode")
+    proc = spawn_child(argv, env=dict(os.environ), cwd=Path.cwd(), log_path=data / "trainer.log")
+    deadline = asyncio.get_running_loop().time() + 180
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"trainer exited ({proc.returncode}); see {data / 'trainer.log'}")
+        if asyncio.get_running_loop().time() > deadline:
+            terminate_process(proc, 10)
+            raise RuntimeError(f"trainer did not claim its partitions in 180 s; see {data / 'trainer.log'}")
+        await asyncio.sleep(0.1)
+    return proc
+
+
+async def _watch(proc, stop: asyncio.Event) -> None:
+    """Ends (so the node stops) if the trainer process dies; it holds the ledger writers."""
+    while not stop.is_set():
+        if proc.poll() is not None:
+            raise RuntimeError(f"trainer process exited with {proc.returncode}")
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except TimeoutError:
+            pass
 
 
 async def _record_tenant_key(bootstrap: str, opts: NodeOptions, tenant_id: str) -> None:

@@ -23,6 +23,9 @@ def main() -> None:
     ap.add_argument("--partitions", default="all", help="comma-separated partition numbers, or 'all'")
     ap.add_argument("--test-mode", action="store_true", help="seeded noise (tests only: not private)")
     ap.add_argument("--checkpoint-every", type=int, default=256)
+    ap.add_argument("--ready-file", help="written once every owned partition is claimed")
+    ap.add_argument("--torch-threads", type=int, default=int(os.environ.get("TENSAFE_TORCH_THREADS", "0")),
+                    help="intra-op threads (0: torch's default, one per core)")
     args = ap.parse_args()
     logging.basicConfig(level=os.environ.get("TENSAFE_LOG", "WARNING"))
 
@@ -32,6 +35,10 @@ def main() -> None:
     from tensafe.trainer.worker import TrainerWorker
 
     data = Path(args.data_dir)
+    import torch
+
+    if args.torch_threads:  # e.g. leave cores to a broker on the same machine
+        torch.set_num_threads(args.torch_threads)
 
     async def run() -> None:
         names = topic_names(args.topic_prefix)
@@ -50,7 +57,13 @@ def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await worker.run(stop)
+        task = asyncio.create_task(worker.run(stop))
+        if args.ready_file:
+            ready = asyncio.create_task(worker.ready.wait())
+            await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+            if worker.ready.is_set():
+                Path(args.ready_file).write_text(str(os.getpid()))
+        await task
 
     asyncio.run(run())
 
