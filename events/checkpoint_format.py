@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tensafe.events import strict_json
 from tensafe.events.proofs import verify_inclusion
 
 __all__ = [
@@ -452,34 +453,14 @@ def _strict_hex(x: object, what: str) -> bytes:
 
 
 def _exact_keys(obj: object, keys: set[str], what: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise CheckpointFormatError(f"{what}: expected a JSON object, got {type(obj).__name__}")
-    missing, extra = keys - obj.keys(), obj.keys() - keys
-    if missing or extra:
-        raise CheckpointFormatError(
-            f"{what}: missing keys {sorted(missing)}, unexpected keys {sorted(extra)}"
-        )
-    return obj
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json.loads keeps the last duplicate silently; two readers could then disagree.
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise CheckpointFormatError(f"duplicate JSON key {k!r}")
-        out[k] = v
-    return out
-
-
-def _reject_constant(name: str) -> None:
-    raise CheckpointFormatError(f"non-standard JSON constant {name}")
+    try:
+        return strict_json.exact_keys(obj, keys, what)
+    except strict_json.StrictJSONError as exc:
+        raise CheckpointFormatError(str(exc)) from None
 
 
 def _loads(text: str | bytes) -> object:
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise CheckpointFormatError(f"not valid JSON: {exc}") from None
-    except UnicodeDecodeError:
-        raise CheckpointFormatError("not valid UTF-8 JSON") from None
+        return strict_json.loads(text, "checkpoint JSON")
+    except strict_json.StrictJSONError as exc:
+        raise CheckpointFormatError(str(exc)) from None
