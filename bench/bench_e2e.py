@@ -26,8 +26,17 @@ def _in_process(steps: int, model_ref: str = MODEL) -> float:
 
     model, _ = load_base_model(model_ref)
     peft = attach_lora(model, 8, 16, seed=1)
-    tr = DPTrainer(peft, DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=None, sampling="client_batches",
-                                  dataset_size=10_000, expected_batch_size=8))
+    tr = DPTrainer(
+        peft,
+        DPConfig(
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            target_epsilon=None,
+            sampling="client_batches",
+            dataset_size=10_000,
+            expected_batch_size=8,
+        ),
+    )
     times = []
     for i in range(steps + 2):
         t0 = time.perf_counter()
@@ -42,9 +51,13 @@ def _through_node(steps: int, model_ref: str = MODEL, env: dict | None = None) -
     from tensafe import DPConfig, LoRAConfig, ServiceClient, TrainingConfig
 
     data = Path(tempfile.mkdtemp(prefix="tensafe-bench-"))
-    proc = subprocess.Popen([sys.executable, "-m", "tensafe.cli", "up", "--memory", "--data-dir", str(data)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensafe.cli", "up", "--memory", "--data-dir", str(data)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
     try:
         deadline = time.time() + 120
         while not (data / "node.json").exists():
@@ -54,10 +67,21 @@ def _through_node(steps: int, model_ref: str = MODEL, env: dict | None = None) -
         node = json.loads((data / "node.json").read_text())
         time.sleep(1.0)
         svc = ServiceClient(base_url=node["gateway_url"], api_key=(data / "api_key").read_text().strip())
-        tc = svc.create_training_client(TrainingConfig(
-            model_ref=model_ref, lora_config=LoRAConfig(rank=8, alpha=16),
-            dp_config=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=1e6, sampling="client_batches",
-                               dataset_size=10_000, expected_batch_size=8), batch_size=8))
+        tc = svc.create_training_client(
+            TrainingConfig(
+                model_ref=model_ref,
+                lora_config=LoRAConfig(rank=8, alpha=16),
+                dp_config=DPConfig(
+                    noise_multiplier=1.0,
+                    max_grad_norm=1.0,
+                    target_epsilon=1e6,
+                    sampling="client_batches",
+                    dataset_size=10_000,
+                    expected_batch_size=8,
+                ),
+                batch_size=8,
+            )
+        )
         times, accept = [], []
         for i in range(steps + 2):
             t0 = time.perf_counter()

@@ -23,7 +23,9 @@ async def _append(bootstrap: str, n: int) -> tuple[float, str]:
     batch = 500
     t0 = time.perf_counter()
     for start in range(0, n, batch):
-        await w.append_many([("CommandFailed", payload, "tenant", "client", f"c{i}") for i in range(start, start + batch)])
+        await w.append_many(
+            [("CommandFailed", payload, "tenant", "client", f"c{i}") for i in range(start, start + batch)]
+        )
     elapsed = time.perf_counter() - t0
     await w.stop()
     return n / elapsed, prefix

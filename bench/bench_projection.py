@@ -38,7 +38,10 @@ async def _lag(bootstrap: str, n: int, rate: float, engine: str) -> dict[str, fl
 
     prefix = f"benchproj{uuid.uuid4().hex[:8]}."
     names = await ensure_topics(bootstrap, partitions=PARTITIONS, topic_prefix=prefix)
-    writers = [LedgerWriter(bootstrap, p, topic=names.ledger, checkpoint_topic=names.checkpoints) for p in range(PARTITIONS)]
+    writers = [
+        LedgerWriter(bootstrap, p, topic=names.ledger, checkpoint_topic=names.checkpoints)
+        for p in range(PARTITIONS)
+    ]
     for w in writers:
         await w.start()
     # Visibility times by (partition, seq): a listener runs right after each commit.
@@ -123,7 +126,9 @@ def run(quick: bool) -> dict[str, float]:
     from tensafe.projections.replay import rebuild
 
     n_replay = 20_000 if quick else 100_000
-    chains = {p: synthetic.chain_records(p, evs) for p, evs in synthetic.workload(n_replay, PARTITIONS).items()}
+    chains = {
+        p: synthetic.chain_records(p, evs) for p, evs in synthetic.workload(n_replay, PARTITIONS).items()
+    }
     total = sum(len(v) for v in chains.values())
     snap = synthetic.snapshot(chains)
     best = float("inf")
@@ -146,7 +151,9 @@ def run(quick: bool) -> dict[str, float]:
             flag = asyncio.run(_lag(broker.bootstrap, n_lag, rate, "faust"))
             out["projection_lag_faust_p50_ms"] = round(flag["p50"], 2)
             out["projection_lag_faust_p99_ms"] = round(flag["p99"], 2)
-        out["projection_replay_broker_rows_per_s"] = round(asyncio.run(_broker_replay(broker.bootstrap, chains)), 1)
+        out["projection_replay_broker_rows_per_s"] = round(
+            asyncio.run(_broker_replay(broker.bootstrap, chains)), 1
+        )
     return out
 
 

@@ -27,7 +27,10 @@ class AuditError(Exception):
 
 
 def verify_snapshot(
-    snap: LedgerSnapshot, trusted_keys: dict | None = None, allow_fenced: bool = False, client_id: str | None = None
+    snap: LedgerSnapshot,
+    trusted_keys: dict | None = None,
+    allow_fenced: bool = False,
+    client_id: str | None = None,
 ) -> Report:
     if client_id is not None:
         # A client's events live in one partition: verify that partition's whole chain.
@@ -86,7 +89,15 @@ def prove_event(snap: LedgerSnapshot, event_id: str, topic_prefix: str = "") -> 
     if tree.root(cp.tree_size) != cp.root:
         raise AuditError("the ledger does not match the checkpoint's root; run `tensafe audit verify`")
     parsed = parse_checkpoint_body(cp.body)
-    signed = SignedCheckpoint(parsed.origin, parsed.size, parsed.root, parsed.head_hash, parsed.ts_ms, cp.signer_key_id, cp.signature)
+    signed = SignedCheckpoint(
+        parsed.origin,
+        parsed.size,
+        parsed.root,
+        parsed.head_hash,
+        parsed.ts_ms,
+        cp.signer_key_id,
+        cp.signature,
+    )
     return InclusionProofFile(
         position=EventPosition(topic_prefix + LEDGER, ev.partition, ev.offset),
         leaf_hash=leaf_hash(ev.chain_hash),
@@ -102,7 +113,9 @@ def check_proof(proof: InclusionProofFile, public_key) -> None:
     from tensafe.crypto.errors import SignatureError
 
     if public_key.key_id != proof.checkpoint.key_id:
-        raise AuditError(f"proof is signed by key {proof.checkpoint.key_id}, not the trusted {public_key.key_id}")
+        raise AuditError(
+            f"proof is signed by key {proof.checkpoint.key_id}, not the trusted {public_key.key_id}"
+        )
     try:
         proof.checkpoint.verify(public_key)
     except (SignatureError, ValueError) as exc:

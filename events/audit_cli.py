@@ -31,7 +31,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     source(v)
     v.add_argument("--client", help="verify only the chain holding this training client's events")
     v.add_argument("--allow-fenced", action="store_true", help="accept (and list) records of fenced writers")
-    v.add_argument("--trusted-key", action="append", default=[], help="hybrid public key file(s) checkpoints must be signed by")
+    v.add_argument(
+        "--trusted-key",
+        action="append",
+        default=[],
+        help="hybrid public key file(s) checkpoints must be signed by",
+    )
     v.add_argument("--json", action="store_true", help="machine-readable report")
     v.set_defaults(func=_verify)
 
@@ -103,7 +108,10 @@ def _verify(args) -> int:
         for f in report.findings:
             print(("FAIL " if f in report.errors else "warn ") + str(f))
         if report.ok:
-            print(f"OK: {report.total_accepted} events verified" + (f" for client {args.client}" if args.client else ""))
+            print(
+                f"OK: {report.total_accepted} events verified"
+                + (f" for client {args.client}" if args.client else "")
+            )
     return 0 if report.ok else 1
 
 

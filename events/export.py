@@ -29,9 +29,18 @@ class LedgerSnapshot:
     bad_checkpoint_records: list[tuple[int, int, str]] = field(default_factory=list)
     exported: list[dict] = field(default_factory=list, repr=False)
 
-    def add(self, topic_kind: str, topic: str, partition: int, offset: int, ts: int, key, value: bytes) -> None:
+    def add(
+        self, topic_kind: str, topic: str, partition: int, offset: int, ts: int, key, value: bytes
+    ) -> None:
         self.exported.append(
-            {"topic": topic, "partition": partition, "offset": offset, "timestamp_ms": ts, "key": key, "value": value}
+            {
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "timestamp_ms": ts,
+                "key": key,
+                "value": value,
+            }
         )
         if topic_kind == "ledger":
             self.ledger.setdefault(partition, []).append((offset, value))

@@ -289,7 +289,12 @@ async def follow_partition(
     out of the loop, so the consumer is closed at once.
     """
     async for rec in follow_partitions(
-        bootstrap, topic, {partition: start_offset}, stop=stop, poll_ms=poll_ms, max_wait_ms=max_wait_ms,
+        bootstrap,
+        topic,
+        {partition: start_offset},
+        stop=stop,
+        poll_ms=poll_ms,
+        max_wait_ms=max_wait_ms,
         max_records=max_records,
     ):
         yield rec

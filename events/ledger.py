@@ -151,21 +151,40 @@ class LedgerWriter:
 
     # -- reading our own partition --------------------------------------------
     async def _catch_up(self, replay: bool) -> None:
-        async for rec in kafka_io.read_partition(self.bootstrap, self.topic, self.partition, start_offset=self._next_offset):
+        async for rec in kafka_io.read_partition(
+            self.bootstrap, self.topic, self.partition, start_offset=self._next_offset
+        ):
             self._next_offset = rec.offset + 1
             out = self.state.feed(rec.value)
             if out.header is not None:
                 self._max_epoch_seen = max(self._max_epoch_seen, out.header.epoch)
             if out.verdict is not Verdict.ACCEPTED:
                 if out.verdict is Verdict.BROKEN:
-                    raise LedgerError(f"partition {self.partition} offset {rec.offset} breaks the chain: {out.reason}")
+                    raise LedgerError(
+                        f"partition {self.partition} offset {rec.offset} breaks the chain: {out.reason}"
+                    )
                 continue
             self._tree.append(out.hash)
-            entry = LedgerEntry(self.partition, rec.offset, out.header.seq, out.header.epoch, out.hash, rec.value, rec.timestamp)
+            entry = LedgerEntry(
+                self.partition,
+                rec.offset,
+                out.header.seq,
+                out.header.epoch,
+                out.hash,
+                rec.value,
+                rec.timestamp,
+            )
             env = entry.envelope
             if env.command_id is not None:
                 self.done[(env.command_id, env.event_type)] = Appended(
-                    self.partition, entry.seq, entry.hash, env.event_id, env.event_type, env.command_id, rec.offset, True
+                    self.partition,
+                    entry.seq,
+                    entry.hash,
+                    env.event_id,
+                    env.event_type,
+                    env.command_id,
+                    rec.offset,
+                    True,
                 )
             if replay and self.on_replay is not None:
                 self.on_replay(entry)
@@ -179,7 +198,12 @@ class LedgerWriter:
                 seq=self.state.next_seq,
                 epoch=epoch,
                 event_type=CLAIM_TYPE,
-                payload={"writer_id": self.writer_id, "epoch": epoch, "host": socket.gethostname(), "pid": os.getpid()},
+                payload={
+                    "writer_id": self.writer_id,
+                    "epoch": epoch,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                },
                 tenant_id="",
                 client_id="",
                 command_id=None,
@@ -189,7 +213,9 @@ class LedgerWriter:
             await self._catch_up(replay=True)
             if self.state.epoch == epoch:
                 self.epoch = epoch
-                log.info("writer %s owns ledger partition %d at epoch %d", self.writer_id, self.partition, epoch)
+                log.info(
+                    "writer %s owns ledger partition %d at epoch %d", self.writer_id, self.partition, epoch
+                )
                 return
             self._max_epoch_seen = max(self._max_epoch_seen, epoch)
         raise WriterFenced(f"could not claim partition {self.partition}")
@@ -253,13 +279,23 @@ class LedgerWriter:
                 batch, members = self._producer.create_batch(), []
                 for index, key, raw in to_send:
                     if batch.append(timestamp=None, key=key, value=raw) is None:
-                        futures.append((await self._producer.send_batch(batch, self.topic, partition=self.partition), members))
+                        futures.append(
+                            (
+                                await self._producer.send_batch(batch, self.topic, partition=self.partition),
+                                members,
+                            )
+                        )
                         batch, members = self._producer.create_batch(), []
                         if batch.append(timestamp=None, key=key, value=raw) is None:
                             raise LedgerError(f"record of {len(raw)} bytes exceeds the producer batch size")
                     members.append(index)
                 if members:
-                    futures.append((await self._producer.send_batch(batch, self.topic, partition=self.partition), members))
+                    futures.append(
+                        (
+                            await self._producer.send_batch(batch, self.topic, partition=self.partition),
+                            members,
+                        )
+                    )
             except BaseException as exc:
                 self._broken = exc
                 raise WriterBroken(str(exc)) from exc
@@ -272,7 +308,11 @@ class LedgerWriter:
             for j, index in enumerate(members):
                 results[index] = Appended(**{**results[index].__dict__, "offset": md.offset + j})
         self._since_checkpoint += len(to_send)
-        if self.checkpoint_every and self._since_checkpoint >= self.checkpoint_every and self.signer is not None:
+        if (
+            self.checkpoint_every
+            and self._since_checkpoint >= self.checkpoint_every
+            and self.signer is not None
+        ):
             if self._checkpoint_task is None or self._checkpoint_task.done():
                 self._since_checkpoint = 0
                 self._checkpoint_task = asyncio.ensure_future(self.checkpoint())
@@ -330,14 +370,26 @@ class LedgerFollower:
         self.next_offset = rec.offset + 1
         out = self.state.feed(rec.value)
         if out.verdict is Verdict.ACCEPTED:
-            return LedgerEntry(self.partition, rec.offset, out.header.seq, out.header.epoch, out.hash, rec.value, rec.timestamp)
+            return LedgerEntry(
+                self.partition,
+                rec.offset,
+                out.header.seq,
+                out.header.epoch,
+                out.hash,
+                rec.value,
+                rec.timestamp,
+            )
         if out.verdict is Verdict.BROKEN:
-            raise LedgerError(f"partition {self.partition} offset {rec.offset} breaks the chain: {out.reason}")
+            raise LedgerError(
+                f"partition {self.partition} offset {rec.offset} breaks the chain: {out.reason}"
+            )
         self.rejected[out.verdict.value] = self.rejected.get(out.verdict.value, 0) + 1
         return None
 
     async def read_to_end(self) -> AsyncIterator[LedgerEntry]:
-        async for rec in kafka_io.read_partition(self.bootstrap, self.topic, self.partition, start_offset=self.next_offset):
+        async for rec in kafka_io.read_partition(
+            self.bootstrap, self.topic, self.partition, start_offset=self.next_offset
+        ):
             entry = self._feed(rec)
             if entry is not None:
                 yield entry
@@ -351,7 +403,9 @@ class LedgerFollower:
                 yield entry
 
 
-async def follow_many(followers: list[LedgerFollower], stop: asyncio.Event | None = None) -> AsyncIterator[LedgerEntry]:
+async def follow_many(
+    followers: list[LedgerFollower], stop: asyncio.Event | None = None
+) -> AsyncIterator[LedgerEntry]:
     """Follow several partitions of one ledger topic with one consumer (one idle fetch
     for all of them); each record still goes through its partition's chain rules."""
     if not followers:

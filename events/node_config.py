@@ -38,7 +38,9 @@ def write_node(dir_: Path, info: dict) -> None:
 def resolve_bootstrap(explicit: str | None, explicit_dir: str | None = None) -> str:
     boot = explicit or os.environ.get("TENSAFE_BOOTSTRAP") or read_node(explicit_dir).get("bootstrap")
     if not boot:
-        raise SystemExit("no broker: pass --bootstrap, set TENSAFE_BOOTSTRAP, or start a node with `tensafe up`")
+        raise SystemExit(
+            "no broker: pass --bootstrap, set TENSAFE_BOOTSTRAP, or start a node with `tensafe up`"
+        )
     return boot
 
 

@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from tensafe.events.chain import ChainState, Verdict, event_hash
 from tensafe.events.envelope import HeaderError, read_header
 
-FATAL_ALWAYS = {"modified", "missing", "reordered", "inserted", "forked", "bad_epoch", "truncated", "bad_signature"}
+FATAL_ALWAYS = {
+    "modified",
+    "missing",
+    "reordered",
+    "inserted",
+    "forked",
+    "bad_epoch",
+    "truncated",
+    "bad_signature",
+}
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,11 @@ class Report:
 
     @property
     def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.kind in FATAL_ALWAYS or (f.kind == "stale_epoch" and not self.allow_fenced)]
+        return [
+            f
+            for f in self.findings
+            if f.kind in FATAL_ALWAYS or (f.kind == "stale_epoch" and not self.allow_fenced)
+        ]
 
     @property
     def ok(self) -> bool:
@@ -106,14 +119,28 @@ def _classify(
         return Finding("bad_epoch", p, offset, h.seq if h else None, reason)
     if h is None or h.partition != p:
         if nxt is not None and _links(nxt[1], s, t, p):
-            return Finding("inserted", p, offset, None, f"a foreign record sits where seq {s} belongs ({reason})")
-        return Finding("modified", p, offset, s, f"record does not decode as this partition's envelope ({reason})")
+            return Finding(
+                "inserted", p, offset, None, f"a foreign record sits where seq {s} belongs ({reason})"
+            )
+        return Finding(
+            "modified", p, offset, s, f"record does not decode as this partition's envelope ({reason})"
+        )
     if h.seq == s:  # right position, wrong link
         if nxt is not None and _links(nxt[1], s, t, p):
-            return Finding("inserted", p, offset, s, f"an extra record claims seq {s}; the next record continues the chain")
+            return Finding(
+                "inserted",
+                p,
+                offset,
+                s,
+                f"an extra record claims seq {s}; the next record continues the chain",
+            )
         if nxt is not None and _links(nxt[1], s + 1, event_hash(h.prev_hash, raw), p):
             return Finding(
-                "modified", p, prev_offset, s - 1, f"the record at seq {s - 1} changed: its hash no longer matches the link in seq {s}"
+                "modified",
+                p,
+                prev_offset,
+                s - 1,
+                f"the record at seq {s - 1} changed: its hash no longer matches the link in seq {s}",
             )
         return Finding("modified", p, offset, s, "prev_hash does not match the chain")
     if h.seq > s:
@@ -121,11 +148,25 @@ def _classify(
             return Finding("modified", p, offset, s, f"links to seq {s - 1} but its seq field says {h.seq}")
         for later_offset, later in records[i + 1 :]:
             if _links(later, s, t, p):
-                return Finding("reordered", p, offset, h.seq, f"seq {h.seq} appears before seq {s} (at offset {later_offset})")
-        return Finding("missing", p, offset, s, f"seq {s}..{h.seq - 1} absent: the next record present is seq {h.seq}")
+                return Finding(
+                    "reordered",
+                    p,
+                    offset,
+                    h.seq,
+                    f"seq {h.seq} appears before seq {s} (at offset {later_offset})",
+                )
+        return Finding(
+            "missing", p, offset, s, f"seq {s}..{h.seq - 1} absent: the next record present is seq {h.seq}"
+        )
     # h.seq < s: a second record for a position already taken
     if h.prev_hash == state.hash_at(h.seq - 1):
-        return Finding("forked", p, offset, h.seq, f"a second record for seq {h.seq} after the same parent (epoch {h.epoch})")
+        return Finding(
+            "forked",
+            p,
+            offset,
+            h.seq,
+            f"a second record for seq {h.seq} after the same parent (epoch {h.epoch})",
+        )
     return Finding("inserted", p, offset, h.seq, f"a record for seq {h.seq} that links to no accepted record")
 
 
@@ -159,7 +200,9 @@ def verify_partition(
             break
         rep.rejected[out.verdict.value] = rep.rejected.get(out.verdict.value, 0) + 1
         if out.verdict is Verdict.STALE_EPOCH:
-            rep.findings.append(Finding("stale_epoch", partition, offset, out.header.seq, f"fenced writer: {out.reason}"))
+            rep.findings.append(
+                Finding("stale_epoch", partition, offset, out.header.seq, f"fenced writer: {out.reason}")
+            )
             if not allow_fenced:
                 broken = True
                 break
@@ -206,12 +249,24 @@ def _check_checkpoints(rep: PartitionReport, state: ChainState, checkpoints: Ite
             continue
         if state.hash_at(cp.tree_size - 1) != cp.head_hash:
             rep.findings.append(
-                Finding("modified", rep.partition, None, cp.tree_size - 1, "the event at the checkpoint's head differs from the signed head hash")
+                Finding(
+                    "modified",
+                    rep.partition,
+                    None,
+                    cp.tree_size - 1,
+                    "the event at the checkpoint's head differs from the signed head hash",
+                )
             )
             return
         if tree.root(cp.tree_size) != cp.root:
             rep.findings.append(
-                Finding("modified", rep.partition, None, None, f"history differs from the signed Merkle root at size {cp.tree_size}")
+                Finding(
+                    "modified",
+                    rep.partition,
+                    None,
+                    None,
+                    f"history differs from the signed Merkle root at size {cp.tree_size}",
+                )
             )
             return
         rep.checkpoints_verified += 1

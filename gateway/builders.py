@@ -71,7 +71,9 @@ def create_training_client(
     return Prepared(cmd, 202, body, extras)
 
 
-def forward_backward(svc_seal: Any, tenant_id: str, cmd_id: str, client: ClientRec, req: v.ForwardBackward) -> Prepared:
+def forward_backward(
+    svc_seal: Any, tenant_id: str, cmd_id: str, client: ClientRec, req: v.ForwardBackward
+) -> Prepared:
     if req.batch is not None:
         b = req.batch
         record = {
@@ -89,7 +91,9 @@ def forward_backward(svc_seal: Any, tenant_id: str, cmd_id: str, client: ClientR
             "attention_mask": [],
             "labels": [],
             "target_tokens": [d.target_tokens for d in data],
-            "weights": [d.weights if d.weights is not None else [1.0] * len(d.tokens) for d in data] if any_weights else [],
+            "weights": [d.weights if d.weights is not None else [1.0] * len(d.tokens) for d in data]
+            if any_weights
+            else [],
         }
     payload = {
         "loss_fn": req.loss_fn,
@@ -138,7 +142,9 @@ def sample(svc_seal: Any, tenant_id: str, cmd_id: str, client: ClientRec, req: v
     return Prepared(cmd, 202, _accepted(cmd))
 
 
-def save_state(tenant_id: str, cmd_id: str, client: ClientRec, req: v.SaveState, step_at_run: int) -> Prepared:
+def save_state(
+    tenant_id: str, cmd_id: str, client: ClientRec, req: v.SaveState, step_at_run: int
+) -> Prepared:
     metadata = req.metadata or {}
     payload = {
         # API default "step-<step>": the step the client will have when this command runs
@@ -151,7 +157,9 @@ def save_state(tenant_id: str, cmd_id: str, client: ClientRec, req: v.SaveState,
     return Prepared(cmd, 202, _accepted(cmd), {"metadata": metadata})
 
 
-def create_package(tenant_id: str, cmd_id: str, client: ClientRec, req: v.CreatePackage, step_at_run: int) -> Prepared:
+def create_package(
+    tenant_id: str, cmd_id: str, client: ClientRec, req: v.CreatePackage, step_at_run: int
+) -> Prepared:
     """Recipients arrive as base64 hybrid KEM public keys; they are checked here so a bad
     key is a 400, not a failed future."""
     import base64
@@ -165,24 +173,36 @@ def create_package(tenant_id: str, cmd_id: str, client: ClientRec, req: v.Create
             raw = base64.b64decode(text, validate=True)
             HybridKemPublicKey.from_bytes(raw)
         except (binascii.Error, ValueError) as exc:
-            raise one_violation(f"recipients.{i}", f"not a base64 hybrid X25519+ML-KEM-768 public key ({exc})") from None
+            raise one_violation(
+                f"recipients.{i}", f"not a base64 hybrid X25519+ML-KEM-768 public key ({exc})"
+            ) from None
         keys.append(raw)
-    payload = {"name": req.name or f"package-step-{step_at_run}", "recipients": keys, "max_proofs": req.max_proofs}
+    payload = {
+        "name": req.name or f"package-step-{step_at_run}",
+        "recipients": keys,
+        "max_proofs": req.max_proofs,
+    }
     cmd = Command(cmd_id, "CreatePackage", tenant_id, client.client_id, payload, now_ms())
     return Prepared(cmd, 202, _accepted(cmd), {})
 
 
 def load_state(tenant_id: str, cmd_id: str, client: ClientRec, req: v.LoadState) -> Prepared:
-    cmd = Command(cmd_id, "LoadState", tenant_id, client.client_id, {"artifact_id": req.artifact_id}, now_ms())
+    cmd = Command(
+        cmd_id, "LoadState", tenant_id, client.client_id, {"artifact_id": req.artifact_id}, now_ms()
+    )
     return Prepared(cmd, 202, _accepted(cmd), {"load_optimizer": req.load_optimizer})
 
 
-def register_dataset(svc_seal: Any, tenant_id: str, cmd_id: str, req: v.RegisterDataset, raw_body: dict[str, Any]) -> Prepared:
+def register_dataset(
+    svc_seal: Any, tenant_id: str, cmd_id: str, req: v.RegisterDataset, raw_body: dict[str, Any]
+) -> Prepared:
     dataset_id = ids.dataset_id_for(cmd_id)
     if req.records is not None:
         # content_hash covers the array exactly as sent (API.md §7.3)
         content_hash = ids.sha256_tag(ids.canonical_json(raw_body["records"]))
-        sealed = svc_seal(tenant_id, "RegisterDataset", "tensafe.data.TextRecords", {"texts": [r.text for r in req.records]})
+        sealed = svc_seal(
+            tenant_id, "RegisterDataset", "tensafe.data.TextRecords", {"texts": [r.text for r in req.records]}
+        )
         num, kind = len(req.records), "text"
     else:
         recs = req.token_records or []

@@ -108,7 +108,9 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         allow = (exc.headers or {}).get("Allow", "")
         methods = [m.strip() for m in allow.split(",") if m.strip()]
-        err = ApiError(405, "method_not_allowed", f"method {request.method} not allowed here", {"allow": methods})
+        err = ApiError(
+            405, "method_not_allowed", f"method {request.method} not allowed here", {"allow": methods}
+        )
         err.headers = {"Allow": allow} if allow else {}
         return error_response(request, err)
     if exc.status_code == 404:

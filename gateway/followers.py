@@ -25,7 +25,14 @@ log = logging.getLogger(__name__)
 
 class LogFollowers:
     def __init__(
-        self, bootstrap: str, topics: TopicNames, partitions: int, model: ReadModel, *, commands: bool, commands_live: bool
+        self,
+        bootstrap: str,
+        topics: TopicNames,
+        partitions: int,
+        model: ReadModel,
+        *,
+        commands: bool,
+        commands_live: bool,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -51,7 +58,9 @@ class LogFollowers:
                 self.model.apply_ledger(entry)
 
     async def _commands_to_end(self, p: int) -> None:
-        it = kafka_io.read_partition(self.bootstrap, self.topics.commands, p, start_offset=self.command_offsets[p])
+        it = kafka_io.read_partition(
+            self.bootstrap, self.topics.commands, p, start_offset=self.command_offsets[p]
+        )
         await self._apply_commands(p, it)
 
     async def _apply_commands(self, p: int, it: AsyncIterator[kafka_io.ConsumerRecord]) -> None:

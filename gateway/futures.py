@@ -70,7 +70,9 @@ class FutureRec:
     created_ms: int
     updated_ms: int
     status: str = "pending"
-    info: dict[str, Any] = field(default_factory=dict)  # clear command fields + gateway extras (no ciphertext)
+    info: dict[str, Any] = field(
+        default_factory=dict
+    )  # clear command fields + gateway extras (no ciphertext)
     idem: dict[str, Any] | None = None  # {"fp", "status", "body"}: what a retry with the same key replays
     outcome_type: str | None = None  # short event type that ended it
     outcome: dict[str, Any] | None = None  # that event's payload
@@ -124,7 +126,9 @@ class FutureTable:
             if not w.done():
                 w.set_result(None)
 
-    async def wait_for(self, command_id: str, pred: Callable[[FutureRec], bool], timeout: float) -> FutureRec | None:
+    async def wait_for(
+        self, command_id: str, pred: Callable[[FutureRec], bool], timeout: float
+    ) -> FutureRec | None:
         """Wait until ``pred(rec)`` holds or ``timeout`` passes; returns the record (None if unknown)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -62,7 +62,14 @@ class RequestIdMiddleware:
             log.exception("unhandled error (request %s)", rid)
             if started:
                 raise
-            body = {"error": {"code": "internal_error", "message": "internal error", "details": {}, "request_id": rid}}
+            body = {
+                "error": {
+                    "code": "internal_error",
+                    "message": "internal error",
+                    "details": {},
+                    "request_id": rid,
+                }
+            }
             await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
 
 

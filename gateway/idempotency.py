@@ -95,7 +95,9 @@ class IdempotencyStore:
                 raise _conflict(key)
             if slot.stored is None:
                 raise ApiError(
-                    409, "idempotency_in_progress", "a request with this Idempotency-Key is still being processed",
+                    409,
+                    "idempotency_in_progress",
+                    "a request with this Idempotency-Key is still being processed",
                     {"idempotency_key": key},
                 )
             yield Reservation(key, fingerprint, slot.stored)

@@ -67,7 +67,9 @@ def dataset_id_for(cmd_id: str) -> str:
 
 def canonical_json(value: Any) -> bytes:
     """API.md §1 canonical JSON (sorted keys, no whitespace, UTF-8, no ASCII escaping)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:

@@ -27,7 +27,9 @@ from tensafe.gateway.errors import ApiError, forbidden, payload_too_large
 
 
 class CommandPublisher:
-    def __init__(self, producer: Any, topic: str, partitions: int, keyring: Any, max_command_bytes: int) -> None:
+    def __init__(
+        self, producer: Any, topic: str, partitions: int, keyring: Any, max_command_bytes: int
+    ) -> None:
         self.producer = producer
         self.topic = topic
         self.partitions = partitions
@@ -58,7 +60,9 @@ class CommandPublisher:
 
     async def publish(self, cmd: Command, raw: bytes, headers: dict[str, Any]) -> int:
         """Send with acks=all to the client's partition and wait for the ack; the record's offset."""
-        hdrs = [(k, json.dumps(v, separators=(",", ":")).encode()) for k, v in headers.items() if v is not None]
+        hdrs = [
+            (k, json.dumps(v, separators=(",", ":")).encode()) for k, v in headers.items() if v is not None
+        ]
         try:
             fut = await self.producer.send(
                 self.topic,
@@ -69,9 +73,15 @@ class CommandPublisher:
             )
             md = await fut
         except (KafkaTimeoutError, RequestTimedOutError) as exc:
-            raise ApiError(504, "upstream_timeout", "the broker did not acknowledge the command in time", {}) from exc
+            raise ApiError(
+                504, "upstream_timeout", "the broker did not acknowledge the command in time", {}
+            ) from exc
         except Exception as exc:  # broker trouble is the client's retryable 503, not a 500
             raise ApiError(
-                503, "unavailable", f"could not publish the command: {type(exc).__name__}", {}, {"Retry-After": "1"}
+                503,
+                "unavailable",
+                f"could not publish the command: {type(exc).__name__}",
+                {},
+                {"Retry-After": "1"},
             ) from exc
         return md.offset

@@ -55,7 +55,9 @@ def _page(request: Request, items: list[Any], render: Callable[[Any], dict[str, 
         items = [i for i in items if i.order < cursor]
     page = items[:limit]
     more = len(items) > limit
-    return json_response({name: [render(i) for i in page], "next_cursor": _cursor_out(page[-1].order) if more else None})
+    return json_response(
+        {name: [render(i) for i in page], "next_cursor": _cursor_out(page[-1].order) if more else None}
+    )
 
 
 class RestApi:
@@ -111,7 +113,9 @@ class RestApi:
     async def healthz(self, request: Request) -> Response:
         reasons = await self.svc.health()
         if reasons:
-            return json_response({"status": "degraded", "version": self.settings.version, "reasons": reasons}, 503)
+            return json_response(
+                {"status": "degraded", "version": self.settings.version, "reasons": reasons}, 503
+            )
         return json_response({"status": "ok", "version": self.settings.version})
 
     async def openapi(self, request: Request) -> Response:
@@ -145,7 +149,9 @@ class RestApi:
 
     async def list_clients(self, request: Request) -> Response:
         who = await self._who(request)
-        return _page(request, self.svc.model.listing(who.tenant_id, "clients"), views.client_json, "training_clients")
+        return _page(
+            request, self.svc.model.listing(who.tenant_id, "clients"), views.client_json, "training_clients"
+        )
 
     async def get_client(self, request: Request) -> Response:
         who = await self._who(request)
@@ -155,7 +161,9 @@ class RestApi:
     async def forward_backward(self, request: Request) -> Response:
         def build(who: Principal, cmd_id: str, body: dict[str, Any]) -> Prepared:
             req = v.parse(v.ForwardBackward, body)
-            c = self.svc.client_for(who.tenant_id, request.path_params["client_id"], command="ForwardBackward")
+            c = self.svc.client_for(
+                who.tenant_id, request.path_params["client_id"], command="ForwardBackward"
+            )
             v.check_forward_backward(req, self._spec(c.create.get("model_ref")), self.settings.max_batch_rows)
             return builders.forward_backward(self._seal, who.tenant_id, cmd_id, c, req)
 
@@ -216,12 +224,17 @@ class RestApi:
             raise not_found("artifact")
         store = self.settings.extra.get("artifact_store")
         if a.kind != "package":
-            raise conflict("not_downloadable", "only packages can be downloaded; checkpoints stay in the service")
+            raise conflict(
+                "not_downloadable", "only packages can be downloaded; checkpoints stay in the service"
+            )
         if store is None:
             raise ApiError(503, "unavailable", "this gateway has no artifact store", {})
         data = await asyncio.to_thread(store.get, who.tenant_id, a.artifact_id)
-        return Response(data, media_type="application/vnd.tensafe.tssp+zip",
-                        headers={"Content-Disposition": f'attachment; filename="{a.artifact_id}.tssp"'})
+        return Response(
+            data,
+            media_type="application/vnd.tensafe.tssp+zip",
+            headers={"Content-Disposition": f'attachment; filename="{a.artifact_id}.tssp"'},
+        )
 
     async def load_state(self, request: Request) -> Response:
         def build(who: Principal, cmd_id: str, body: dict[str, Any]) -> Prepared:
@@ -304,7 +317,9 @@ class RestApi:
 
     async def list_datasets(self, request: Request) -> Response:
         who = await self._who(request)
-        return _page(request, self.svc.model.listing(who.tenant_id, "datasets"), views.dataset_json, "datasets")
+        return _page(
+            request, self.svc.model.listing(who.tenant_id, "datasets"), views.dataset_json, "datasets"
+        )
 
     async def get_dataset(self, request: Request) -> Response:
         who = await self._who(request)
@@ -369,7 +384,9 @@ class RestApi:
         by_path: dict[str, dict[str, Callable[[Request], Any]]] = {}
         for method, path, handler in self.table():
             by_path.setdefault(path, {})[method] = handler
-        return [Route(path, _dispatch(handlers), methods=list(handlers)) for path, handlers in by_path.items()]
+        return [
+            Route(path, _dispatch(handlers), methods=list(handlers)) for path, handlers in by_path.items()
+        ]
 
 
 def _dispatch(handlers: dict[str, Callable[[Request], Any]]) -> Callable[[Request], Any]:

@@ -88,14 +88,18 @@ class GatewayService:
         # (under load aiokafka still batches whatever queues while a request is in flight).
         self.producer = kafka_io.make_producer(s.bootstrap, client_id="tensafe-gateway", linger_ms=0)
         await self.producer.start()
-        self.publisher = CommandPublisher(self.producer, self.topics.commands, s.partitions, s.keyring, s.max_command_bytes)
+        self.publisher = CommandPublisher(
+            self.producer, self.topics.commands, s.partitions, s.keyring, s.max_command_bytes
+        )
         # The read model is the whole log: serve only once it is caught up (read-your-writes
         # across restarts, idempotent replays of requests answered before the restart).
         await self.followers.catch_up()
         self.followers.start()
         self.started = True
         log.info(
-            "gateway ready: %d ledger records, %d commands replayed", self.model.ledger_records, self.model.command_records
+            "gateway ready: %d ledger records, %d commands replayed",
+            self.model.ledger_records,
+            self.model.command_records,
         )
 
     async def stop(self) -> None:
@@ -138,9 +142,13 @@ class GatewayService:
             raise conflict("client_failed", "the training client failed to be created", status=c.status)
         sampling = c.create.get("sampling_mode")
         if command == "ForwardBackward" and sampling == "poisson":
-            raise conflict("sampling_mode", "a poisson client's batches are drawn by the server: use train_step")
+            raise conflict(
+                "sampling_mode", "a poisson client's batches are drawn by the server: use train_step"
+            )
         if command == "TrainStep" and sampling != "poisson":
-            raise conflict("sampling_mode", "train_step needs a client created with a dataset and sampling 'poisson'")
+            raise conflict(
+                "sampling_mode", "train_step needs a client created with a dataset and sampling 'poisson'"
+            )
         if command in ("OptimStep", "TrainStep") and c.create.get("dp_enabled", True):
             target = c.create.get("target_epsilon")
             if c.budget_refused is not None or (target is not None and c.epsilon_spent >= target):
@@ -157,7 +165,9 @@ class GatewayService:
         client created before that would be refused by the trainer, which runs the
         dataset's partition and the client's partition independently."""
         if d.status == "pending" and d.command_id is not None:
-            await self.model.futures.wait_for(d.command_id, lambda r: r.terminal, self.settings.dataset_wait_s)
+            await self.model.futures.wait_for(
+                d.command_id, lambda r: r.terminal, self.settings.dataset_wait_s
+            )
         if d.status == "failed":
             raise conflict("dataset_failed", "the dataset could not be registered")
         if d.status != "ready":
@@ -172,7 +182,10 @@ class GatewayService:
 
     # -- commands -----------------------------------------------------------------------------
     async def submit(
-        self, tenant_id: str, reservation: Reservation, prepare: Callable[[str], Prepared | Awaitable[Prepared]]
+        self,
+        tenant_id: str,
+        reservation: Reservation,
+        prepare: Callable[[str], Prepared | Awaitable[Prepared]],
     ) -> Submitted:
         """Publish the command ``prepare(command_id)`` builds, unless this is a replay.
 
@@ -181,20 +194,30 @@ class GatewayService:
         """
         cmd_id = ids.command_id(tenant_id, reservation.key)
         if reservation.replay is not None:
-            return Submitted(reservation.replay.status, reservation.replay.body, True, self.model.futures.get(cmd_id))
+            return Submitted(
+                reservation.replay.status, reservation.replay.body, True, self.model.futures.get(cmd_id)
+            )
         built = prepare(cmd_id)
         prep = await built if inspect.isawaitable(built) else built
         known = self.model.futures.get(cmd_id)
-        if known is not None and (known.command_type, known.client_id) != (prep.command.command_type, prep.command.client_id):
+        if known is not None and (known.command_type, known.client_id) != (
+            prep.command.command_type,
+            prep.command.client_id,
+        ):
             # Known from the ledger only (no fingerprint to compare): at least a key reused
             # for another operation or client is caught, instead of answering the old future.
             raise ApiError(
-                409, "idempotency_conflict", "Idempotency-Key was already used for another operation",
+                409,
+                "idempotency_conflict",
+                "Idempotency-Key was already used for another operation",
                 {"idempotency_key": reservation.key},
             )
         assert self.publisher is not None
         raw = self.publisher.encode(prep.command)
-        headers = {"tensafe-idem": reservation.header_value(prep.status, prep.body), "tensafe-extras": prep.extras}
+        headers = {
+            "tensafe-idem": reservation.header_value(prep.status, prep.body),
+            "tensafe-extras": prep.extras,
+        }
         await self.publisher.publish(prep.command, raw, headers)
         byte_headers = {k: _json_bytes(v) for k, v in headers.items() if v is not None}
         fut = self.model.apply_command(prep.command, byte_headers)
@@ -218,7 +241,9 @@ class GatewayService:
         if f.status != "pending":
             raise conflict("future_not_pending", f"the future is {f.status}", status=f.status)
         cancel_id = ids.internal_command_id(tenant_id, "cancel/" + f.command_id)
-        cmd = Command(cancel_id, "CancelCommand", tenant_id, f.client_id, {"target_command_id": f.command_id}, now_ms())
+        cmd = Command(
+            cancel_id, "CancelCommand", tenant_id, f.client_id, {"target_command_id": f.command_id}, now_ms()
+        )
         if self.model.futures.get(cancel_id) is None:
             assert self.publisher is not None
             raw = self.publisher.encode(cmd)
@@ -240,4 +265,3 @@ class GatewayService:
 
 def _json_bytes(v: Any) -> bytes:
     return json.dumps(v, separators=(",", ":")).encode()
-

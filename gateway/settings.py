@@ -39,7 +39,6 @@ class ModelSpec:
             "sampleable": self.sampleable,
         }
 
-
     @classmethod
     def from_model_dir(cls, model_ref: str, directory: str | os.PathLike[str]) -> ModelSpec:
         """Limits from a Hugging Face model directory's ``config.json`` (read as JSON: the
@@ -50,7 +49,9 @@ class ModelSpec:
 
 # The model shipped in trainer/base_models: scripts/build_base_model.py builds it with
 # 512 positions and its tokenizer's vocabulary of 8192.
-DEFAULT_MODELS: tuple[ModelSpec, ...] = (ModelSpec("tensafe-tiny-llama", max_context_length=512, vocab_size=8192),)
+DEFAULT_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec("tensafe-tiny-llama", max_context_length=512, vocab_size=8192),
+)
 
 
 @dataclass(frozen=True)

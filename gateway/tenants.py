@@ -231,7 +231,9 @@ class TenantStore:
             rec = self._body["keys"].get(lookup)
             if rec is None:
                 return None
-            return KeyRecord(lookup, rec["tenant_id"], rec.get("scope", "rw"), rec.get("revoked_at") is not None)
+            return KeyRecord(
+                lookup, rec["tenant_id"], rec.get("scope", "rw"), rec.get("revoked_at") is not None
+            )
 
 
 def create_tenant(store_path: str | os.PathLike[str], name: str, *, keyring: Any = None) -> tuple[str, str]:
@@ -242,8 +244,12 @@ def create_tenant(store_path: str | os.PathLike[str], name: str, *, keyring: Any
 def main(argv: list[str] | None = None) -> int:
     """``python -m tensafe.gateway.tenants --store tenants.json create NAME`` (and issue-key, revoke, list)."""
     ap = argparse.ArgumentParser(prog="tensafe-tenants", description="Manage TenSafe tenants and API keys")
-    ap.add_argument("--store", default=os.environ.get("TENSAFE_TENANTS", "tenants.json"), help="tenant store file")
-    ap.add_argument("--keyring", help="keyring directory (TS_KEY_MASTER unlocks it); creates the tenant's KEK")
+    ap.add_argument(
+        "--store", default=os.environ.get("TENSAFE_TENANTS", "tenants.json"), help="tenant store file"
+    )
+    ap.add_argument(
+        "--keyring", help="keyring directory (TS_KEY_MASTER unlocks it); creates the tenant's KEK"
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("create", help="create a tenant and print its first API key")
     c.add_argument("name")
@@ -265,7 +271,14 @@ def main(argv: list[str] | None = None) -> int:
             tenant_id, key = store.create_tenant(args.name, keyring=keyring)
             print(json.dumps({"tenant_id": tenant_id, "api_key": key}))
         elif args.cmd == "issue-key":
-            print(json.dumps({"tenant_id": args.tenant_id, "api_key": store.issue_key(args.tenant_id, scope=args.scope)}))
+            print(
+                json.dumps(
+                    {
+                        "tenant_id": args.tenant_id,
+                        "api_key": store.issue_key(args.tenant_id, scope=args.scope),
+                    }
+                )
+            )
         elif args.cmd == "revoke":
             store.revoke_key(args.key)
         else:

@@ -69,7 +69,12 @@ class LoraConfig(Strict):
     rank: Annotated[int, Field(ge=1, le=256)] = 16
     alpha: Annotated[float, Field(gt=0, le=1e6)] = 32.0
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    target_modules: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]{1,128}$")]], Field(min_length=1, max_length=64)] | None = None
+    target_modules: (
+        Annotated[
+            list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]{1,128}$")]], Field(min_length=1, max_length=64)
+        ]
+        | None
+    ) = None
 
     @field_validator("dropout")
     @classmethod
@@ -120,7 +125,9 @@ class CreateTrainingClient(Strict):
 
 # -- commands of a client --------------------------------------------------------------
 class Batch(Strict):
-    input_ids: Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_ROWS)]
+    input_ids: Annotated[
+        list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_ROWS)
+    ]
     attention_mask: list[list[Annotated[int, Field(ge=0, le=1)]]] | None = None
     labels: list[list[Label]] | None = None
 
@@ -162,13 +169,20 @@ class TrainStep(Strict):
 
 
 class Sample(Strict):
-    prompts: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024 * 1024)]], Field(min_length=1)] | None = None
-    prompt_tokens: Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)] | None = None
+    prompts: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=1024 * 1024)]], Field(min_length=1)]
+        | None
+    ) = None
+    prompt_tokens: (
+        Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)] | None
+    ) = None
     max_tokens: Annotated[int, Field(ge=1, le=4096)] = 128
     temperature: Annotated[float, Field(ge=0, le=100)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     top_k: Annotated[int, Field(ge=-1, le=INT31)] = -1
-    stop: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(max_length=16)] | None = None
+    stop: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(max_length=16)] | None
+    ) = None
     seed: Long | None = None
     num_samples: Annotated[int, Field(ge=1, le=16)] = 1
 
@@ -311,7 +325,10 @@ def _check_row(p: Problems, path: str, row: list[int], spec: ModelSpec, *, label
     for j, t in enumerate(row):
         if t >= vocab or (t < 0 and not (labels and t == -100)):
             what = "label" if labels else "token id"
-            p.add(f"{path}[{j}]", f"{what} {t} outside the vocabulary [0, {vocab})" + (" (or -100)" if labels else ""))
+            p.add(
+                f"{path}[{j}]",
+                f"{what} {t} outside the vocabulary [0, {vocab})" + (" (or -100)" if labels else ""),
+            )
             return  # one error per row is enough
 
 
@@ -341,7 +358,10 @@ def check_forward_backward(req: ForwardBackward, spec: ModelSpec, max_rows: int)
         for i, d in enumerate(req.data):
             _check_row(p, f"data[{i}].tokens", d.tokens, spec)
             if len(d.target_tokens) != len(d.tokens):
-                p.add(f"data[{i}].target_tokens", f"has {len(d.target_tokens)} values, tokens has {len(d.tokens)}")
+                p.add(
+                    f"data[{i}].target_tokens",
+                    f"has {len(d.target_tokens)} values, tokens has {len(d.tokens)}",
+                )
             else:
                 _check_row(p, f"data[{i}].target_tokens", d.target_tokens, spec)
             if d.weights is not None and len(d.weights) != len(d.tokens):
@@ -374,10 +394,16 @@ def check_dataset(req: RegisterDataset, max_context: int) -> None:
     p = Problems()
     for i, r in enumerate(req.token_records or ()):
         if len(r.input_ids) > max_context:
-            p.add(f"token_records[{i}].input_ids", f"{len(r.input_ids)} tokens exceed max_context_length {max_context}")
+            p.add(
+                f"token_records[{i}].input_ids",
+                f"{len(r.input_ids)} tokens exceed max_context_length {max_context}",
+            )
         if r.labels is not None:
             if len(r.labels) != len(r.input_ids):
-                p.add(f"token_records[{i}].labels", f"has {len(r.labels)} values, input_ids has {len(r.input_ids)}")
+                p.add(
+                    f"token_records[{i}].labels",
+                    f"has {len(r.labels)} values, input_ids has {len(r.input_ids)}",
+                )
             elif any(t < 0 and t != -100 for t in r.labels):
                 p.add(f"token_records[{i}].labels", "labels are token ids >= 0 or -100")
     p.raise_if_any()

@@ -128,7 +128,11 @@ def _checkpoint_covering(model: ReadModel, partition: int | None, seq: int | Non
 def artifact_json(a: ArtifactRec, model: ReadModel) -> dict[str, Any]:
     cert = None
     if a.kind == "checkpoint" and a.dp is not None:
-        create = {"dp_enabled": True, "sampling_mode": a.dp["sampling_mode"], "dataset_size": a.dp["dataset_size"]}
+        create = {
+            "dp_enabled": True,
+            "sampling_mode": a.dp["sampling_mode"],
+            "dataset_size": a.dp["dataset_size"],
+        }
         cert = {
             "epsilon": a.epsilon,
             "delta": a.dp["delta"],
@@ -177,7 +181,12 @@ def audit_json(e: AuditEntry) -> dict[str, Any]:
 # -- futures ------------------------------------------------------------------------------
 def accepted_json(f: FutureRec) -> dict[str, Any]:
     """The 202 body of a command (API.md §6)."""
-    return {"future_id": future_id_of(f.command_id), "type": f.api_type, "client_id": f.client_id, "status": "pending"}
+    return {
+        "future_id": future_id_of(f.command_id),
+        "type": f.api_type,
+        "client_id": f.client_id,
+        "status": "pending",
+    }
 
 
 def future_json(f: FutureRec, model: ReadModel, keyring: Any) -> dict[str, Any]:
@@ -251,7 +260,9 @@ def _result(f: FutureRec, model: ReadModel, keyring: Any) -> dict[str, Any] | No
         out: dict[str, Any] = {
             "step": p["step"],
             "epsilon_spent": spent,
-            "epsilon_remaining": max(0.0, target - spent) if spent is not None and target is not None else None,
+            "epsilon_remaining": max(0.0, target - spent)
+            if spent is not None and target is not None
+            else None,
             "sample_rate": p["sample_rate"] if dp_on else None,
             "learning_rate": p.get("learning_rate", f.info.get("learning_rate")),
         }
@@ -278,7 +289,11 @@ def _result(f: FutureRec, model: ReadModel, keyring: Any) -> dict[str, Any] | No
         a = model.artifacts.get(p["artifact_id"])
         return artifact_json(a, model) if a is not None else None
     if t == "LoadState":
-        return {"artifact_id": p["artifact_id"], "step": p["step"], "loaded_optimizer": f.info.get("load_optimizer", True)}
+        return {
+            "artifact_id": p["artifact_id"],
+            "step": p["step"],
+            "loaded_optimizer": f.info.get("load_optimizer", True),
+        }
     if t == "RegisterDataset":
         d = model.datasets.get(p.get("dataset_id", ""))
         return dataset_json(d) if d is not None else None

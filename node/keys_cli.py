@@ -17,8 +17,11 @@ import uuid
 def add_commands(sub: argparse._SubParsersAction) -> None:
     keys = sub.add_parser("keys", help="tenant key life-cycle (recorded on the ledger)")
     ksub = keys.add_subparsers(dest="keys_cmd", required=True)
-    for name, help_ in (("create", "create the tenant's KEK"), ("rotate", "rotate the tenant's KEK (re-wraps DEKs)"),
-                        ("shred", "crypto-shred the tenant: irreversible")):
+    for name, help_ in (
+        ("create", "create the tenant's KEK"),
+        ("rotate", "rotate the tenant's KEK (re-wraps DEKs)"),
+        ("shred", "crypto-shred the tenant: irreversible"),
+    ):
         p = ksub.add_parser(name, help=help_)
         p.add_argument("--tenant", required=True)
         p.add_argument("--data-dir")
@@ -26,7 +29,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--timeout", type=float, default=60.0)
         if name == "shred":
             p.add_argument("--reason", default="")
-            p.add_argument("--yes", action="store_true", help="confirm: the tenant's data becomes unreadable forever")
+            p.add_argument(
+                "--yes", action="store_true", help="confirm: the tenant's data becomes unreadable forever"
+            )
         p.set_defaults(func=_run, action=name)
 
 
@@ -35,7 +40,9 @@ COMMAND = {"create": "CreateTenantKey", "rotate": "RotateTenantKey", "shred": "S
 
 def _run(args) -> int:
     if args.action == "shred" and not args.yes:
-        print("refusing to shred without --yes (the tenant's artifacts and log fields become unreadable forever)")
+        print(
+            "refusing to shred without --yes (the tenant's artifacts and log fields become unreadable forever)"
+        )
         return 2
     return asyncio.run(_publish_and_wait(args))
 

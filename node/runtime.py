@@ -126,7 +126,9 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
 
         readmodel = ReadModel(str(data / "readmodel.duckdb"))
         tasks.append(
-            asyncio.create_task(run_projector(bootstrap, readmodel, stop, topic=opts.topic_prefix + LEDGER), name="projector")
+            asyncio.create_task(
+                run_projector(bootstrap, readmodel, stop, topic=opts.topic_prefix + LEDGER), name="projector"
+            )
         )
 
         port = opts.port or _free_port(opts.host)
@@ -140,7 +142,9 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
             extra={"artifact_store": store},  # package downloads
         )
         app = create_app(settings)
-        server = uvicorn.Server(uvicorn.Config(app, host=opts.host, port=port, log_level="warning", lifespan="on"))
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=opts.host, port=port, log_level="warning", lifespan="on")
+        )
         server.install_signal_handlers = lambda: None  # the node owns signals
         tasks.append(asyncio.create_task(server.serve(), name="gateway"))
         while not server.started:
@@ -151,8 +155,16 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event, started: asyncio.Even
             if t.done() and t.exception():
                 raise t.exception()
         url = f"http://{opts.host}:{port}"
-        write_node(data, {"bootstrap": bootstrap, "gateway_url": url, "topic_prefix": opts.topic_prefix,
-                          "api_key_file": str(key_file), "pid": os.getpid()})
+        write_node(
+            data,
+            {
+                "bootstrap": bootstrap,
+                "gateway_url": url,
+                "topic_prefix": opts.topic_prefix,
+                "api_key_file": str(key_file),
+                "pid": os.getpid(),
+            },
+        )
         print(f"TenSafe node up: {url}   (API key in {key_file}; data in {data})", flush=True)
         if started is not None:
             started.set()
@@ -191,8 +203,19 @@ async def _start_trainer(bootstrap: str, opts: NodeOptions, data: Path):
 
     ready = data / "trainer.ready"
     ready.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "tensafe.trainer", "--bootstrap", bootstrap, "--data-dir", str(data),
-            "--topic-prefix", opts.topic_prefix, "--ready-file", str(ready)]
+    argv = [
+        sys.executable,
+        "-m",
+        "tensafe.trainer",
+        "--bootstrap",
+        bootstrap,
+        "--data-dir",
+        str(data),
+        "--topic-prefix",
+        opts.topic_prefix,
+        "--ready-file",
+        str(ready),
+    ]
     if opts.test_mode:
         argv.append("--test-mode")
     proc = spawn_child(argv, env=dict(os.environ), cwd=Path.cwd(), log_path=data / "trainer.log")
@@ -227,7 +250,9 @@ async def _record_tenant_key(bootstrap: str, opts: NodeOptions, tenant_id: str) 
     producer = kafka_io.make_producer(bootstrap)
     await producer.start()
     try:
-        cmd = Command(f"cmd_{secrets.token_hex(16)}", "CreateTenantKey", tenant_id, "", {"requested_by": "tensafe up"})
+        cmd = Command(
+            f"cmd_{secrets.token_hex(16)}", "CreateTenantKey", tenant_id, "", {"requested_by": "tensafe up"}
+        )
         await publish_command(producer, topic_names(opts.topic_prefix).commands, opts.partitions, cmd)
     finally:
         await producer.stop()

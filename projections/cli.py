@@ -64,7 +64,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", required=True, help="DuckDB file of the read model (created if missing)")
     p.add_argument("--engine", choices=("faust", "asyncio"), default="faust")
     p.add_argument("--max-batch", type=int, default=1000)
-    p.add_argument("--progress", action="store_true", help="print a JSON line {partition: next_seq} per batch")
+    p.add_argument(
+        "--progress", action="store_true", help="print a JSON line {partition: next_seq} per batch"
+    )
 
 
 def _project(args: argparse.Namespace) -> int:
@@ -146,7 +148,9 @@ def _build(args: argparse.Namespace) -> Any:
     else:
         from tensafe.events.node_config import resolve_bootstrap
 
-        rm = rebuild(resolve_bootstrap(args.bootstrap, args.data_dir), topic_prefix=args.topic_prefix, db=args.db)
+        rm = rebuild(
+            resolve_bootstrap(args.bootstrap, args.data_dir), topic_prefix=args.topic_prefix, db=args.db
+        )
     if args.db:
         # Built: reopen read-only, so not even a bug here can write to the file.
         rm.close()

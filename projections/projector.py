@@ -318,7 +318,9 @@ def _progress_printer() -> Callable[[dict[int, int]], None]:
 def main(argv: list[str] | None = None) -> None:
     from tensafe.projections.cli import add_run_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m tensafe.projections.projector", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tensafe.projections.projector", description=__doc__.split("\n")[0]
+    )
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -253,7 +253,10 @@ class ReadModel:
         self._stored_clients = set(self._clients)
         self._stored_parts = set(self._parts)
         self._shredded: set[str] = {
-            t for (t,) in self.con.execute("SELECT DISTINCT tenant_id FROM keys WHERE action = 'shredded'").fetchall()
+            t
+            for (t,) in self.con.execute(
+                "SELECT DISTINCT tenant_id FROM keys WHERE action = 'shredded'"
+            ).fetchall()
         }
 
     # -- positions ---------------------------------------------------------------
@@ -357,7 +360,9 @@ class ReadModel:
                     log.exception("read model listener failed")
 
     # -- projecting one accepted record ------------------------------------------------
-    def _project(self, p: int, offset: int, raw: bytes, out: Outcome, env: Envelope | None, rows: _BatchRows) -> None:
+    def _project(
+        self, p: int, offset: int, raw: bytes, out: Outcome, env: Envelope | None, rows: _BatchRows
+    ) -> None:
         if env is None:
             env = decode_envelope(raw)  # by hand for the current schema: ~10x fastavro
         short = env.event_type.removeprefix(EVENT_NS)
@@ -509,7 +514,9 @@ class ReadModel:
             row = ("shredded", r["kek_id"], None, None, r["deks_destroyed"], r["reason"])
             self._shredded.add(env.tenant_id)
             # Every client of the tenant shows it: status is "shredded" whatever came before.
-            rows.touched_clients.update(cid for cid, cl in self._clients.items() if cl.tenant_id == env.tenant_id)
+            rows.touched_clients.update(
+                cid for cid, cl in self._clients.items() if cl.tenant_id == env.tenant_id
+            )
         rows.tables["keys"].append((env.tenant_id, *row, env.ts_ms, env.event_id, env.partition, env.seq))
 
     def _access(
@@ -549,7 +556,11 @@ class ReadModel:
 
     def dump(self, tables: Iterable[str] | None = None) -> dict[str, list[tuple]]:
         """Every row of every projected table (and the audit view), fully ordered: for comparisons."""
-        names = list(tables) if tables is not None else [t for t in TABLES if t != "projection_meta"] + list(VIEWS)
+        names = (
+            list(tables)
+            if tables is not None
+            else [t for t in TABLES if t != "projection_meta"] + list(VIEWS)
+        )
         out = {}
         for t in names:
             cols, _ = self.sql(f"SELECT * FROM {t} LIMIT 0")
@@ -607,7 +618,11 @@ FEW_UPDATES = 4
 
 def _values_sql(table: str, n: int) -> str:
     # TIMESTAMP columns are passed as epoch ms (the Arrow path types them as timestamp[ms]).
-    one = "(" + ", ".join("epoch_ms(?::BIGINT)" if dtype == "TIMESTAMP" else "?" for _, dtype, _ in TABLES[table]) + ")"
+    one = (
+        "("
+        + ", ".join("epoch_ms(?::BIGINT)" if dtype == "TIMESTAMP" else "?" for _, dtype, _ in TABLES[table])
+        + ")"
+    )
     return f"INSERT INTO {table} VALUES " + ", ".join([one] * n)
 
 
@@ -636,7 +651,9 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple], store
     old = [r for r in rows if r[0] in stored]
     new = [r for r in rows if r[0] not in stored]
     if len(old) <= FEW_UPDATES:
-        sets = ", ".join(f"{_q(c)} = " + ("epoch_ms(?::BIGINT)" if t == "TIMESTAMP" else "?") for c, t, _ in cols[1:])
+        sets = ", ".join(
+            f"{_q(c)} = " + ("epoch_ms(?::BIGINT)" if t == "TIMESTAMP" else "?") for c, t, _ in cols[1:]
+        )
         for r in old:
             con.execute(f"UPDATE {table} SET {sets} WHERE {key} = ?", [*r[1:], r[0]])
     else:

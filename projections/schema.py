@@ -260,6 +260,7 @@ SELECT
 FROM (SELECT *, payload_json::JSON AS p FROM ledger_events) AS e
 """
 
+
 def arrow_schema(table: str) -> pa.Schema:
     return pa.schema([(name, atype) for name, _, atype in TABLES[table]])
 

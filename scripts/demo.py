@@ -28,12 +28,17 @@ def start_node(data_dir: Path) -> tuple[subprocess.Popen, dict]:
     log = open(data_dir / "node.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tensafe.cli", "up", "--data-dir", str(data_dir)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"node exited early; see {data_dir / 'node.log'}:\n" + (data_dir / "node.log").read_text()[-3000:])
+            raise SystemExit(
+                f"node exited early; see {data_dir / 'node.log'}:\n"
+                + (data_dir / "node.log").read_text()[-3000:]
+            )
         if node_file.exists() and "TenSafe node up" in (data_dir / "node.log").read_text():
             return proc, json.loads(node_file.read_text())
         time.sleep(0.5)
@@ -93,8 +98,12 @@ def main() -> int:
             model_ref="tensafe-tiny-llama",
             lora_config=LoRAConfig(rank=8, alpha=16),
             dp_config=DPConfig(
-                noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=8.0, target_delta=1e-5,
-                sampling="poisson", expected_batch_size=16,
+                noise_multiplier=1.0,
+                max_grad_norm=1.0,
+                target_epsilon=8.0,
+                target_delta=1e-5,
+                sampling="poisson",
+                expected_batch_size=16,
             ),
             dataset_id=dataset.dataset_id,
             batch_size=16,
@@ -110,7 +119,9 @@ def main() -> int:
         saved = tc.save_state("demo-final")
         print()
         print(f"final loss            {history[-1]['loss']:.3f}  (first step {history[0]['loss']:.3f})")
-        print(f"privacy spent         ε = {metrics.epsilon_spent:.3f} of {metrics.target_epsilon}, δ = {metrics.delta}")
+        print(
+            f"privacy spent         ε = {metrics.epsilon_spent:.3f} of {metrics.target_epsilon}, δ = {metrics.delta}"
+        )
         print(f"guarantee             {metrics.guarantee}")
         print(f"sample                Patient{sample.samples[0].completion}")
         print(f"encrypted checkpoint  {saved.artifact_id}  ({saved.encryption.algorithm})")
@@ -125,8 +136,10 @@ def main() -> int:
         pkg = tc.create_package([recipient.public_key().to_bytes()], name="demo-release")
         pkg_path = ROOT / "reports" / "demo" / "adapter.tssp"
         pkg_path.write_bytes(service.download_package(pkg.artifact_id))
-        print(f"TSSP package          {pkg_path} ({pkg.size} bytes, ε = {pkg.epsilon:.3f}, "
-              f"proofs against ledger checkpoint of size {pkg.checkpoint_tree_size})")
+        print(
+            f"TSSP package          {pkg_path} ({pkg.size} bytes, ε = {pkg.epsilon:.3f}, "
+            f"proofs against ledger checkpoint of size {pkg.checkpoint_tree_size})"
+        )
         service.close()
         cli = [sys.executable, "-m", "tensafe.cli", "audit"]
         print("\n$ tensafe audit verify", flush=True)
@@ -136,8 +149,18 @@ def main() -> int:
         print(f"\n$ tensafe audit verify --file {export}", flush=True)
         rc = rc or subprocess.call([*cli, "verify", "--file", str(export), "--data-dir", str(data_dir)])
         print(f"\n$ tensafe package verify {pkg_path.name} --trusted node_signing.pub", flush=True)
-        rc = rc or subprocess.call([sys.executable, "-m", "tensafe.cli", "package", "verify", str(pkg_path),
-                                    "--trusted", str(data_dir / "keys" / "node_signing.pub")])
+        rc = rc or subprocess.call(
+            [
+                sys.executable,
+                "-m",
+                "tensafe.cli",
+                "package",
+                "verify",
+                str(pkg_path),
+                "--trusted",
+                str(data_dir / "keys" / "node_signing.pub"),
+            ]
+        )
     finally:
         stop_node(proc)
     return rc

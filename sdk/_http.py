@@ -167,7 +167,9 @@ class _BaseHTTP:
 
     def _on_response(self, prep: _Prepared, response: httpx.Response, attempt: int) -> _Outcome:
         request_id = response.headers.get("X-Request-Id")
-        if 200 <= response.status_code < 300 and response.headers.get("content-type", "").startswith(BINARY_TYPES):
+        if 200 <= response.status_code < 300 and response.headers.get("content-type", "").startswith(
+            BINARY_TYPES
+        ):
             return _Outcome(value=response.content)  # a package download: bytes, not JSON
         body: Any = None
         if response.content:

@@ -11,7 +11,13 @@ def _server_commands(sub: argparse._SubParsersAction) -> None:
     """Register every command group that lives in a server package, if installed."""
     import importlib
 
-    for module in ("tensafe.events.audit_cli", "tensafe.node.cli", "tensafe.node.keys_cli", "tensafe.projections.cli", "tensafe.tssp.cli"):
+    for module in (
+        "tensafe.events.audit_cli",
+        "tensafe.node.cli",
+        "tensafe.node.keys_cli",
+        "tensafe.projections.cli",
+        "tensafe.tssp.cli",
+    ):
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:

@@ -335,14 +335,24 @@ class TrainingClient:
         return await handle.result_async(timeout)
 
     def create_package(
-        self, recipients: list[bytes], name: str | None = None, *, max_proofs: int = 16, timeout: float | None = None
+        self,
+        recipients: list[bytes],
+        name: str | None = None,
+        *,
+        max_proofs: int = 16,
+        timeout: float | None = None,
     ) -> PackageResult:
         """Package the adapter as a signed TSSP file encrypted to ``recipients`` (hybrid
         X25519 + ML-KEM-768 public key bytes); download it with `ServiceClient.download_package`."""
         return self._submit("package", self._package_body(recipients, name, max_proofs)).result(timeout)
 
     async def create_package_async(
-        self, recipients: list[bytes], name: str | None = None, *, max_proofs: int = 16, timeout: float | None = None
+        self,
+        recipients: list[bytes],
+        name: str | None = None,
+        *,
+        max_proofs: int = 16,
+        timeout: float | None = None,
     ) -> PackageResult:
         """Async `create_package`."""
         handle = await self._submit_async("package", self._package_body(recipients, name, max_proofs))
@@ -352,8 +362,10 @@ class TrainingClient:
     def _package_body(recipients: list[bytes], name: str | None, max_proofs: int) -> dict[str, Any]:
         import base64
 
-        body: dict[str, Any] = {"recipients": [base64.b64encode(bytes(r)).decode() for r in recipients],
-                                "max_proofs": max_proofs}
+        body: dict[str, Any] = {
+            "recipients": [base64.b64encode(bytes(r)).decode() for r in recipients],
+            "max_proofs": max_proofs,
+        }
         if name is not None:
             body["name"] = name
         return body

@@ -24,8 +24,12 @@ def main() -> None:
     ap.add_argument("--test-mode", action="store_true", help="seeded noise (tests only: not private)")
     ap.add_argument("--checkpoint-every", type=int, default=256)
     ap.add_argument("--ready-file", help="written once every owned partition is claimed")
-    ap.add_argument("--torch-threads", type=int, default=int(os.environ.get("TENSAFE_TORCH_THREADS", "0")),
-                    help="intra-op threads (0: torch's default, one per core)")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=int(os.environ.get("TENSAFE_TORCH_THREADS", "0")),
+        help="intra-op threads (0: torch's default, one per core)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=os.environ.get("TENSAFE_LOG", "WARNING"))
 
@@ -49,9 +53,15 @@ def main() -> None:
             parts = [int(p) for p in args.partitions.split(",")]
         keyring = open_keyring(data)
         worker = TrainerWorker(
-            args.bootstrap, keyring, open_store(data, keyring), data / "trainer-state", partitions=parts,
-            topic_prefix=args.topic_prefix, signer=load_or_create_signing_key(data),
-            checkpoint_every=args.checkpoint_every, test_mode=args.test_mode,
+            args.bootstrap,
+            keyring,
+            open_store(data, keyring),
+            data / "trainer-state",
+            partitions=parts,
+            topic_prefix=args.topic_prefix,
+            signer=load_or_create_signing_key(data),
+            checkpoint_every=args.checkpoint_every,
+            test_mode=args.test_mode,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

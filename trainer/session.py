@@ -34,7 +34,11 @@ class Outcome:
 
 def _adam(p: dict) -> AdamParams:
     return AdamParams(
-        learning_rate=p["learning_rate"], beta1=p["beta1"], beta2=p["beta2"], eps=p["eps"], weight_decay=p["weight_decay"]
+        learning_rate=p["learning_rate"],
+        beta1=p["beta1"],
+        beta2=p["beta2"],
+        eps=p["eps"],
+        weight_decay=p["weight_decay"],
     )
 
 
@@ -119,7 +123,9 @@ class ClientSession:
             raise CommandError("sampling_mode", str(exc)) from exc
         except BudgetExceeded as exc:
             return self._refused(exc)
-        return Outcome("OptimStepApplied", self._step_payload(rep, payload["learning_rate"], t0), state_changed=True)
+        return Outcome(
+            "OptimStepApplied", self._step_payload(rep, payload["learning_rate"], t0), state_changed=True
+        )
 
     def train_step(self, payload: dict, texts: list[str]) -> Outcome:
         t0 = time.perf_counter()

@@ -72,7 +72,9 @@ class TrainerWorker:
         self._compute = asyncio.Lock()  # one torch computation at a time (2 cores)
         self._pending_access: list[dict] = []  # artifact put/get of the running command, for the ledger
         self._dataset_texts_cache: dict[str, list[str]] = {}
-        self.client_events: dict[str, list[tuple[int, int]]] = {}  # client -> (seq, offset) of provable events
+        self.client_events: dict[
+            str, list[tuple[int, int]]
+        ] = {}  # client -> (seq, offset) of provable events
         self.ready = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------
@@ -141,11 +143,18 @@ class TrainerWorker:
         async def read() -> None:
             try:
                 starts = {p: 0 for p in self.partitions}
-                async for rec in kafka_io.follow_partitions(self.bootstrap, self.topics.commands, starts, stop=stop):
+                async for rec in kafka_io.follow_partitions(
+                    self.bootstrap, self.topics.commands, starts, stop=stop
+                ):
                     try:
                         cmd = Command.decode(rec.value)
                     except codec.DecodeError as exc:
-                        log.error("partition %d offset %d: undecodable command skipped: %s", rec.partition, rec.offset, exc)
+                        log.error(
+                            "partition %d offset %d: undecodable command skipped: %s",
+                            rec.partition,
+                            rec.offset,
+                            exc,
+                        )
                         continue
                     if cmd.command_type == "CancelCommand":
                         cancels.setdefault(cmd.payload["target_command_id"], (cmd.command_id, cmd.tenant_id))
@@ -175,10 +184,17 @@ class TrainerWorker:
                 return name
         return None
 
-    async def _handle(self, writer: LedgerWriter, offset: int, cmd: Command, cancels: dict | None = None) -> None:
+    async def _handle(
+        self, writer: LedgerWriter, offset: int, cmd: Command, cancels: dict | None = None
+    ) -> None:
         done = self._done(writer, cmd)
         cancel = (cancels or {}).get(cmd.command_id)
-        if done is None and cancel is not None and cancel[1] == cmd.tenant_id and cmd.command_type != "CancelCommand":
+        if (
+            done is None
+            and cancel is not None
+            and cancel[1] == cmd.tenant_id
+            and cmd.command_type != "CancelCommand"
+        ):
             # cancelled while queued: one event ends both the target and the cancel command
             await writer.append(
                 "CommandCancelled",
@@ -188,7 +204,9 @@ class TrainerWorker:
                 command_id=cmd.command_id,
             )
             return
-        if cmd.command_type == "CancelCommand" and writer.is_done(cmd.payload["target_command_id"], "CommandCancelled"):
+        if cmd.command_type == "CancelCommand" and writer.is_done(
+            cmd.payload["target_command_id"], "CommandCancelled"
+        ):
             return  # resolved together with its target
         if cmd.command_type in ("RegisterDataset", "CreateTrainingClient", "CancelCommand", *TENANT_COMMANDS):
             if done is None:
@@ -213,7 +231,11 @@ class TrainerWorker:
         if offset <= session.snapshot_offset:
             return  # reflected in the snapshot
         if done is not None:
-            if cmd.command_type == "ForwardBackward" and done == "ForwardBackwardCompleted" and not cmd.payload["forward_only"]:
+            if (
+                cmd.command_type == "ForwardBackward"
+                and done == "ForwardBackwardCompleted"
+                and not cmd.payload["forward_only"]
+            ):
                 batch = self._open(cmd, "batch_ciphertext", "tensafe.data.TokenBatch")
                 async with self._compute:
                     await asyncio.to_thread(session.forward_backward, cmd.payload, batch)
@@ -244,7 +266,9 @@ class TrainerWorker:
             return
         except Exception as exc:  # noqa: BLE001 — any failure must end the future, never hang it
             log.exception("command %s failed", cmd.command_id)
-            code = getattr(exc, "code", None) or ("invalid_request" if isinstance(exc, ValueError) else "internal_error")
+            code = getattr(exc, "code", None) or (
+                "invalid_request" if isinstance(exc, ValueError) else "internal_error"
+            )
             await self._fail(writer, cmd, code, f"{type(exc).__name__}: {exc}")
             return
         if outcome is None:
@@ -254,21 +278,31 @@ class TrainerWorker:
             await writer.append("ArtifactAccessed", access, tenant_id=cmd.tenant_id, client_id=cmd.client_id)
         self._pending_access.clear()
         if state_changed and cmd.client_id in self.sessions:
-            await asyncio.to_thread(self._snapshot, self.sessions[cmd.client_id], offset, cmd, event_type, payload)
-        done = await writer.append(event_type, payload, tenant_id=cmd.tenant_id, client_id=cmd.client_id, command_id=cmd.command_id)
+            await asyncio.to_thread(
+                self._snapshot, self.sessions[cmd.client_id], offset, cmd, event_type, payload
+            )
+        done = await writer.append(
+            event_type, payload, tenant_id=cmd.tenant_id, client_id=cmd.client_id, command_id=cmd.command_id
+        )
         if event_type in PROVABLE_EVENTS and done.offset is not None:
             self.client_events.setdefault(cmd.client_id, []).append((done.seq, done.offset))
 
     async def _fail(self, writer: LedgerWriter, cmd: Command, code: str, message: str) -> None:
         await writer.append(
             "CommandFailed",
-            {"command_type": "tensafe.command." + cmd.command_type, "error_code": code, "message": message[:2000]},
+            {
+                "command_type": "tensafe.command." + cmd.command_type,
+                "error_code": code,
+                "message": message[:2000],
+            },
             tenant_id=cmd.tenant_id,
             client_id=cmd.client_id,
             command_id=cmd.command_id,
         )
 
-    async def _run(self, cmd: Command, offset: int, session, writer: LedgerWriter) -> tuple[str, dict, bool] | None:
+    async def _run(
+        self, cmd: Command, offset: int, session, writer: LedgerWriter
+    ) -> tuple[str, dict, bool] | None:
         from tensafe.trainer.session import ClientSession, CommandError
 
         t, p = cmd.command_type, cmd.payload
@@ -278,13 +312,17 @@ class TrainerWorker:
             ref = await asyncio.to_thread(self.store.put, cmd.tenant_id, "dataset", blob, {"name": p["name"]})
             self._access(ref, "put")
             self.datasets[p["dataset_id"]] = (cmd.tenant_id, ref.artifact_id, len(records))
-            return "DatasetRegistered", {
-                "dataset_id": p["dataset_id"],
-                "name": p["name"],
-                "num_records": len(records),
-                "content_sha256": ref.content_sha256,
-                "artifact_id": ref.artifact_id,
-            }, False
+            return (
+                "DatasetRegistered",
+                {
+                    "dataset_id": p["dataset_id"],
+                    "name": p["name"],
+                    "num_records": len(records),
+                    "content_sha256": ref.content_sha256,
+                    "artifact_id": ref.artifact_id,
+                },
+                False,
+            )
         if t == "CreateTrainingClient":
             create = dict(p)
             create.setdefault("base_model_sha256", "")
@@ -298,7 +336,9 @@ class TrainerWorker:
             event = {k: create.get(k) for k in _CREATED_FIELDS}
             event["base_model_sha256"] = await asyncio.to_thread(_base_model_digest, create["model_ref"])
             try:
-                new = await asyncio.to_thread(ClientSession, cmd.client_id, cmd.tenant_id, event, test_mode=self.test_mode)
+                new = await asyncio.to_thread(
+                    ClientSession, cmd.client_id, cmd.tenant_id, event, test_mode=self.test_mode
+                )
             except (ValueError, FileNotFoundError) as exc:
                 raise CommandError("invalid_config", str(exc)) from exc
             new.snapshot_offset = offset
@@ -308,16 +348,22 @@ class TrainerWorker:
         if t in TENANT_COMMANDS:
             return await asyncio.to_thread(self._tenant_key_command, cmd)
         if t == "CancelCommand":
-            return "CommandFailed", {
-                "command_type": "tensafe.command.CancelCommand",
-                "error_code": "not_cancellable",
-                "message": "the target command was already taken by the trainer",
-            }, False
+            return (
+                "CommandFailed",
+                {
+                    "command_type": "tensafe.command.CancelCommand",
+                    "error_code": "not_cancellable",
+                    "message": "the target command was already taken by the trainer",
+                },
+                False,
+            )
         if t == "ForwardBackward":
             batch = self._open(cmd, "batch_ciphertext", "tensafe.data.TokenBatch")
             out = await asyncio.to_thread(session.forward_backward, p, batch)
             if out.sealed_result is not None:
-                out.payload["result_ciphertext"] = seal(self.keyring, cmd.tenant_id, "ForwardBackwardCompleted", out.sealed_result)
+                out.payload["result_ciphertext"] = seal(
+                    self.keyring, cmd.tenant_id, "ForwardBackwardCompleted", out.sealed_result
+                )
             return out.event_type, out.payload, False
         if t == "OptimStep":
             out = await asyncio.to_thread(session.optim_step, p)
@@ -330,7 +376,9 @@ class TrainerWorker:
             inputs = self._open(cmd, "prompts_ciphertext", "tensafe.data.SampleInput")
             out = await asyncio.to_thread(session.sample, p, inputs)
             out.payload["prompts_ciphertext"] = p["prompts_ciphertext"]
-            out.payload["completions_ciphertext"] = seal(self.keyring, cmd.tenant_id, "SampleCompleted", out.sealed_result)
+            out.payload["completions_ciphertext"] = seal(
+                self.keyring, cmd.tenant_id, "SampleCompleted", out.sealed_result
+            )
             return out.event_type, out.payload, False
         if t == "SaveState":
             blob = await asyncio.to_thread(session.trainer.save_state)
@@ -338,18 +386,22 @@ class TrainerWorker:
             meta = {"client_id": cmd.client_id, "name": p["name"], "step": session.trainer.step}
             ref = await asyncio.to_thread(self.store.put, cmd.tenant_id, "checkpoint", blob, meta)
             self._access(ref, "put")
-            return "StateSaved", {
-                "artifact_id": ref.artifact_id,
-                "name": p["name"],
-                "content_sha256": ref.content_sha256,
-                "ciphertext_sha256": ref.ciphertext_sha256,
-                "size": ref.size,
-                "dek_id": ref.dek_id,
-                "include_optimizer": p["include_optimizer"],
-                "step": session.trainer.step,
-                "epsilon_spent": float(m.get("epsilon_spent") or 0.0),
-                "ledger_offset_hint": -1,
-            }, False
+            return (
+                "StateSaved",
+                {
+                    "artifact_id": ref.artifact_id,
+                    "name": p["name"],
+                    "content_sha256": ref.content_sha256,
+                    "ciphertext_sha256": ref.ciphertext_sha256,
+                    "size": ref.size,
+                    "dek_id": ref.dek_id,
+                    "include_optimizer": p["include_optimizer"],
+                    "step": session.trainer.step,
+                    "epsilon_spent": float(m.get("epsilon_spent") or 0.0),
+                    "ledger_offset_hint": -1,
+                },
+                False,
+            )
         if t == "CreatePackage":
             return await self._create_package(cmd, session, writer)
         if t == "LoadState":
@@ -360,7 +412,15 @@ class TrainerWorker:
             await asyncio.to_thread(session.trainer.load_state, blob)
             info = await asyncio.to_thread(self.store.info, cmd.tenant_id, p["artifact_id"])
             self._access(info, "get")
-            return "StateLoaded", {"artifact_id": p["artifact_id"], "content_sha256": info.content_sha256, "step": session.trainer.step}, True
+            return (
+                "StateLoaded",
+                {
+                    "artifact_id": p["artifact_id"],
+                    "content_sha256": info.content_sha256,
+                    "step": session.trainer.step,
+                },
+                True,
+            )
         raise CommandError("unknown_command", f"unknown command type {t}")
 
     async def _create_package(self, cmd: Command, session, writer: LedgerWriter) -> tuple[str, dict, bool]:
@@ -376,7 +436,9 @@ class TrainerWorker:
         if self.signer is None:
             raise CommandError("unavailable", "this trainer has no signing key for packages")
         if not session.trainer.config.enabled:
-            raise CommandError("invalid_state", "DP is off for this client: there is no privacy certificate to package")
+            raise CommandError(
+                "invalid_state", "DP is off for this client: there is no privacy certificate to package"
+            )
         try:
             recipients = [HybridKemPublicKey.from_bytes(b) for b in p["recipients"]]
         except ValueError as exc:
@@ -401,18 +463,22 @@ class TrainerWorker:
         ref = await asyncio.to_thread(self.store.put, cmd.tenant_id, "package", data, meta)
         self._access(ref, "put")
         m = session.trainer.dp_metrics()
-        return "PackageCreated", {
-            "package_id": info.package_id,
-            "manifest_sha256": info.manifest_sha256,
-            "signer_key_id": info.signer_key_id,
-            "recipients": list(info.recipients),
-            "epsilon": float(m.get("epsilon_spent") or 0.0),
-            "delta": float(m.get("delta") or 0.0),
-            "checkpoint_tree_size": checkpoint.tree_size,
-            "artifact_id": ref.artifact_id,
-            "name": p["name"],
-            "size": len(data),
-        }, False
+        return (
+            "PackageCreated",
+            {
+                "package_id": info.package_id,
+                "manifest_sha256": info.manifest_sha256,
+                "signer_key_id": info.signer_key_id,
+                "recipients": list(info.recipients),
+                "epsilon": float(m.get("epsilon_spent") or 0.0),
+                "delta": float(m.get("delta") or 0.0),
+                "checkpoint_tree_size": checkpoint.tree_size,
+                "artifact_id": ref.artifact_id,
+                "name": p["name"],
+                "size": len(data),
+            },
+            False,
+        )
 
     def _tenant_key_command(self, cmd: Command) -> tuple[str, dict, bool]:
         """Key life-cycle operations, executed here so they land on the ledger in order."""
@@ -421,12 +487,20 @@ class TrainerWorker:
         if t == "CreateTenantKey":
             self.keyring.create_tenant(tenant)
             info = self.keyring.provider.get(tenant)
-            return "TenantKeyCreated", {"kek_id": f"{tenant}/v{info.current_version}", "provider": provider}, False
+            return (
+                "TenantKeyCreated",
+                {"kek_id": f"{tenant}/v{info.current_version}", "provider": provider},
+                False,
+            )
         if t == "RotateTenantKey":
             old = self.keyring.provider.get(tenant).current_version
             new = self.keyring.rotate_kek(tenant)
             n = len(self.keyring.list_deks(tenant))
-            return "KeyRotated", {"old_kek_id": f"{tenant}/v{old}", "new_kek_id": f"{tenant}/v{new}", "deks_rewrapped": n}, False
+            return (
+                "KeyRotated",
+                {"old_kek_id": f"{tenant}/v{old}", "new_kek_id": f"{tenant}/v{new}", "deks_rewrapped": n},
+                False,
+            )
         # ShredTenant: afterwards nothing of the tenant decrypts; drop what this process holds in clear
         try:
             version = self.keyring.provider.get(tenant).current_version
@@ -438,8 +512,15 @@ class TrainerWorker:
         for client_id in [c for c, sess in self.sessions.items() if sess.tenant_id == tenant]:
             del self.sessions[client_id]
         self._dataset_texts_cache.clear()
-        return "TenantShredded", {"kek_id": f"{tenant}/v{version}", "deks_destroyed": deks,
-                                  "reason": cmd.payload.get("reason", "")}, False
+        return (
+            "TenantShredded",
+            {
+                "kek_id": f"{tenant}/v{version}",
+                "deks_destroyed": deks,
+                "reason": cmd.payload.get("reason", ""),
+            },
+            False,
+        )
 
     # -- sessions and snapshots ------------------------------------------------------
     async def _session(self, writer: LedgerWriter, client_id: str):
@@ -451,13 +532,17 @@ class TrainerWorker:
         from tensafe.trainer.session import ClientSession
 
         async with self._compute:
-            session = await asyncio.to_thread(ClientSession, client_id, tenant_id, create, test_mode=self.test_mode)
+            session = await asyncio.to_thread(
+                ClientSession, client_id, tenant_id, create, test_mode=self.test_mode
+            )
             snap = await asyncio.to_thread(self._load_snapshot, session)
         self.sessions[client_id] = session
         if snap is not None and snap["outcome"] is not None:
             event_type, payload, command_id = snap["outcome"]
             # the outcome may not have reached the ledger before a crash: append it (idempotent)
-            await writer.append(event_type, payload, tenant_id=tenant_id, client_id=client_id, command_id=command_id)
+            await writer.append(
+                event_type, payload, tenant_id=tenant_id, client_id=client_id, command_id=command_id
+            )
         return session
 
     def _snapshot_path(self, client_id: str) -> Path:
@@ -472,7 +557,9 @@ class TrainerWorker:
             }
         ).encode()
         clear = len(header).to_bytes(4, "big") + header + state
-        blob = seal(self.keyring, session.tenant_id, "autosave/" + session.client_id, clear, purpose=SNAPSHOT_PURPOSE)
+        blob = seal(
+            self.keyring, session.tenant_id, "autosave/" + session.client_id, clear, purpose=SNAPSHOT_PURPOSE
+        )
         path = self._snapshot_path(session.client_id)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
@@ -486,7 +573,9 @@ class TrainerWorker:
         path = self._snapshot_path(session.client_id)
         if not path.exists():
             return None
-        clear = open_sealed(self.keyring, session.tenant_id, "autosave/" + session.client_id, path.read_bytes())
+        clear = open_sealed(
+            self.keyring, session.tenant_id, "autosave/" + session.client_id, path.read_bytes()
+        )
         n = int.from_bytes(clear[:4], "big")
         header = json.loads(clear[4 : 4 + n])
         session.trainer.load_state(clear[4 + n :])
@@ -508,8 +597,13 @@ class TrainerWorker:
 
     def _access(self, ref, action: str) -> None:
         self._pending_access.append(
-            {"artifact_id": ref.artifact_id, "action": action, "kind": ref.kind, "content_sha256": ref.content_sha256,
-             "size": int(ref.size)}
+            {
+                "artifact_id": ref.artifact_id,
+                "action": action,
+                "kind": ref.kind,
+                "content_sha256": ref.content_sha256,
+                "size": int(ref.size),
+            }
         )
 
     def _dataset_records(self, cmd: Command) -> list:
@@ -520,7 +614,10 @@ class TrainerWorker:
             return list(rec["texts"])
         if name == "tensafe.data.TokenBatch":
             labels = rec.get("labels") or []
-            return [{"input_ids": ids, "labels": labels[i] if i < len(labels) else ids} for i, ids in enumerate(rec["input_ids"])]
+            return [
+                {"input_ids": ids, "labels": labels[i] if i < len(labels) else ids}
+                for i, ids in enumerate(rec["input_ids"])
+            ]
         from tensafe.trainer.session import CommandError
 
         raise CommandError("invalid_input", f"dataset records of type {name} are not supported")
@@ -562,4 +659,7 @@ def _jsonable(payload: dict) -> dict:
 
 
 def _unjson(event_type: str, payload: dict) -> dict:
-    return {k: (bytes.fromhex(v["__bytes__"]) if isinstance(v, dict) and "__bytes__" in v else v) for k, v in payload.items()}
+    return {
+        k: (bytes.fromhex(v["__bytes__"]) if isinstance(v, dict) and "__bytes__" in v else v)
+        for k, v in payload.items()
+    }

@@ -37,7 +37,13 @@ def ledger_evidence(
     """The signed checkpoint and inclusion proofs of ``events`` in its tree (as JSON dicts)."""
     body = parse_checkpoint_body(checkpoint.body)
     signed = SignedCheckpoint(
-        body.origin, body.size, body.root, body.head_hash, body.ts_ms, checkpoint.signer_key_id, checkpoint.signature
+        body.origin,
+        body.size,
+        body.root,
+        body.head_hash,
+        body.ts_ms,
+        checkpoint.signer_key_id,
+        checkpoint.signature,
     )
     proofs = []
     for seq, offset in events:
@@ -77,11 +83,21 @@ def package_adapter(
         "base_model": {"ref": model_ref, "weights_sha256": base_weights_sha256},
         "tenant_id": tenant_id,
         "training_client_id": client_id,
-        "ledger": {"ledger_id": ledger_id, "partition": checkpoint.partition, "checkpoint": signed, "inclusion_proofs": proofs},
+        "ledger": {
+            "ledger_id": ledger_id,
+            "partition": checkpoint.partition,
+            "checkpoint": signed,
+            "inclusion_proofs": proofs,
+        },
     }
     certificate = dp_certificate_from_metrics(trainer.dp_metrics())
     with tempfile.TemporaryDirectory(prefix="tensafe-adapter-") as tmp:
         trainer.export_adapter(tmp)
         return create_package(
-            out_path, tmp, provenance=provenance, dp_certificate=certificate, signer=signer, recipients=recipients
+            out_path,
+            tmp,
+            provenance=provenance,
+            dp_certificate=certificate,
+            signer=signer,
+            recipients=recipients,
         )

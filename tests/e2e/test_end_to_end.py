@@ -26,8 +26,13 @@ async def node(broker, tmp_path):
     from tensafe.node.runtime import NodeOptions, run_node
 
     prefix = f"e{uuid.uuid4().hex[:8]}."
-    opts = NodeOptions(data_dir=tmp_path / "node", bootstrap=broker.bootstrap, topic_prefix=prefix, partitions=2,
-                       test_mode=True)
+    opts = NodeOptions(
+        data_dir=tmp_path / "node",
+        bootstrap=broker.bootstrap,
+        topic_prefix=prefix,
+        partitions=2,
+        test_mode=True,
+    )
     stop, started = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(run_node(opts, stop, started))
     waiter = asyncio.create_task(started.wait())
@@ -58,24 +63,26 @@ def _readme_example(info) -> dict:
     config = TrainingConfig(
         model_ref="tensafe-tiny-llama",
         lora_config=LoRAConfig(rank=16, alpha=32),
-        dp_config=DPConfig(
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            target_epsilon=8.0
-        ),
+        dp_config=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=8.0),
         batch_size=4,
     )
     tc = service.create_training_client(config)
     dataloader = [
-        {"input_ids": [[5, 6, 7, 8, 9, 10]] * 4, "attention_mask": [[1] * 6] * 4, "labels": [[5, 6, 7, 8, 9, 10]] * 4}
+        {
+            "input_ids": [[5, 6, 7, 8, 9, 10]] * 4,
+            "attention_mask": [[1] * 6] * 4,
+            "labels": [[5, 6, 7, 8, 9, 10]] * 4,
+        }
         for _ in range(3)
     ]
     for batch in dataloader:
-        future = tc.forward_backward({
-            "input_ids": batch["input_ids"],
-            "attention_mask": batch["attention_mask"],
-            "labels": batch["labels"],
-        })
+        future = tc.forward_backward(
+            {
+                "input_ids": batch["input_ids"],
+                "attention_mask": batch["attention_mask"],
+                "labels": batch["labels"],
+            }
+        )
         result = future.result()
         tc.optim_step()
     metrics = tc.get_dp_metrics()
@@ -83,7 +90,14 @@ def _readme_example(info) -> dict:
     sample = tc.sample(prompts=["Patient"], max_tokens=8, temperature=0.7, seed=3)
     logs = tc.get_audit_logs(limit=100)
     service.close()
-    return {"client_id": tc.client_id, "fb": result, "metrics": metrics, "saved": saved, "sample": sample, "logs": logs}
+    return {
+        "client_id": tc.client_id,
+        "fb": result,
+        "metrics": metrics,
+        "saved": saved,
+        "sample": sample,
+        "logs": logs,
+    }
 
 
 async def test_seed_readme_example_runs_through_the_log(node):
@@ -109,13 +123,20 @@ def _tenant_isolation(info) -> None:
     from tensafe.node.runtime import open_keyring
 
     keyring = open_keyring(Path(info["data_dir"]))
-    _, other_key = TenantStore(Path(info["data_dir"]) / "tenants.json").create_tenant("other", keyring=keyring)
+    _, other_key = TenantStore(Path(info["data_dir"]) / "tenants.json").create_tenant(
+        "other", keyring=keyring
+    )
     from tensafe import DPConfig, LoRAConfig, TrainingConfig
 
     mine = _client(info)
-    tc = mine.create_training_client(TrainingConfig(
-        model_ref="tensafe-tiny-llama", lora_config=LoRAConfig(rank=4, alpha=8),
-        dp_config=DPConfig(sampling="client_batches", dataset_size=100, expected_batch_size=2), batch_size=2))
+    tc = mine.create_training_client(
+        TrainingConfig(
+            model_ref="tensafe-tiny-llama",
+            lora_config=LoRAConfig(rank=4, alpha=8),
+            dp_config=DPConfig(sampling="client_batches", dataset_size=100, expected_batch_size=2),
+            batch_size=2,
+        )
+    )
     fut = tc.forward_backward({"input_ids": [[1, 2, 3]] * 2, "labels": [[1, 2, 3]] * 2})
     fut.result()
     theirs = _client(info, other_key)
@@ -147,9 +168,14 @@ def _retry_through_restarted_gateway(info) -> tuple[str, dict, dict]:
     from tensafe import DPConfig, LoRAConfig, TrainingConfig
 
     svc = _client(info)
-    tc = svc.create_training_client(TrainingConfig(
-        model_ref="tensafe-tiny-llama", lora_config=LoRAConfig(rank=4, alpha=8),
-        dp_config=DPConfig(sampling="client_batches", dataset_size=100, expected_batch_size=2), batch_size=2))
+    tc = svc.create_training_client(
+        TrainingConfig(
+            model_ref="tensafe-tiny-llama",
+            lora_config=LoRAConfig(rank=4, alpha=8),
+            dp_config=DPConfig(sampling="client_batches", dataset_size=100, expected_batch_size=2),
+            batch_size=2,
+        )
+    )
     tc.forward_backward({"input_ids": [[1, 2, 3]] * 2, "labels": [[1, 2, 3]] * 2}).result()
     headers = {"Authorization": f"Bearer {info['api_key']}", "Idempotency-Key": "retry-step-1"}
     body = {"adam_params": {"learning_rate": 1e-3}}
@@ -167,13 +193,20 @@ async def test_retry_after_gateway_restart_applies_once(node):
     from tensafe.node.runtime import open_keyring
 
     client_id, first, body = await asyncio.to_thread(_retry_through_restarted_gateway, node)
-    settings = Settings(bootstrap=node["bootstrap"], keyring=open_keyring(Path(node["data_dir"])),
-                        tenants_path=Path(node["data_dir"]) / "tenants.json", topic_prefix=node["prefix"], partitions=2)
+    settings = Settings(
+        bootstrap=node["bootstrap"],
+        keyring=open_keyring(Path(node["data_dir"])),
+        tenants_path=Path(node["data_dir"]) / "tenants.json",
+        topic_prefix=node["prefix"],
+        partitions=2,
+    )
     app = create_app(settings)
     headers = {"Authorization": f"Bearer {node['api_key']}", "Idempotency-Key": "retry-step-1"}
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw2", headers=headers, timeout=60) as h:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gw2", headers=headers, timeout=60
+        ) as h:
             again = (await h.post(f"/api/v1/training_clients/{client_id}/optim_step", json=body)).json()
             assert again["future_id"] == first["future_id"]
             done = (await h.get(f"/api/v1/futures/{again['future_id']}?wait=30")).json()
@@ -191,19 +224,29 @@ def _train_and_package(info, recipient_public: bytes) -> tuple[str, bytes, objec
     from tensafe import DPConfig, LoRAConfig, TrainingConfig
 
     svc = _client(info)
-    tc = svc.create_training_client(TrainingConfig(
-        model_ref="tensafe-tiny-llama", lora_config=LoRAConfig(rank=4, alpha=8),
-        dp_config=DPConfig(sampling="client_batches", dataset_size=1000, expected_batch_size=2, target_epsilon=50.0),
-        batch_size=2))
+    tc = svc.create_training_client(
+        TrainingConfig(
+            model_ref="tensafe-tiny-llama",
+            lora_config=LoRAConfig(rank=4, alpha=8),
+            dp_config=DPConfig(
+                sampling="client_batches", dataset_size=1000, expected_batch_size=2, target_epsilon=50.0
+            ),
+            batch_size=2,
+        )
+    )
     for _ in range(2):
         tc.forward_backward({"input_ids": [[4, 5, 6, 7]] * 2, "labels": [[4, 5, 6, 7]] * 2}).result()
         tc.optim_step({"learning_rate": 1e-2}).result()
     pkg = tc.create_package([recipient_public], name="release-1")
     data = svc.download_package(pkg.artifact_id)
-    with httpx.Client(base_url=info["gateway_url"], headers={"Authorization": f"Bearer {info['api_key']}"}) as h:
+    with httpx.Client(
+        base_url=info["gateway_url"], headers={"Authorization": f"Bearer {info['api_key']}"}
+    ) as h:
         saved = tc.save_state("not-downloadable")
         r = h.get(f"/api/v1/artifacts/{saved.artifact_id}/content")
-        assert r.status_code == 409 and r.json()["error"]["code"] == "conflict", r.text  # checkpoints stay inside
+        assert r.status_code == 409 and r.json()["error"]["code"] == "conflict", (
+            r.text
+        )  # checkpoints stay inside
     svc.close()
     return tc.client_id, data, pkg
 
@@ -215,7 +258,9 @@ async def test_package_leaves_the_service_signed_encrypted_and_provable(node, tm
     from tensafe.tssp import PackageError, unpack_package, verify_package
 
     recipient = HybridKemPrivateKey.generate()
-    client_id, data, pkg = await asyncio.to_thread(_train_and_package, node, recipient.public_key().to_bytes())
+    client_id, data, pkg = await asyncio.to_thread(
+        _train_and_package, node, recipient.public_key().to_bytes()
+    )
     assert len(data) == pkg.size and pkg.epsilon > 0
     node_key = HybridPublicKey.from_bytes((Path(node["data_dir"]) / SIGNING_PUBLIC).read_bytes())
     trusted = {node_key.key_id: node_key}
@@ -247,11 +292,18 @@ def _tenant_with_a_client(info) -> tuple[str, str, str]:
     from tensafe.node.runtime import open_keyring
 
     keyring = open_keyring(Path(info["data_dir"]))
-    tenant_id, key = TenantStore(Path(info["data_dir"]) / "tenants.json").create_tenant("leaving", keyring=keyring)
+    tenant_id, key = TenantStore(Path(info["data_dir"]) / "tenants.json").create_tenant(
+        "leaving", keyring=keyring
+    )
     svc = _client(info, key)
-    tc = svc.create_training_client(TrainingConfig(
-        model_ref="tensafe-tiny-llama", lora_config=LoRAConfig(rank=4, alpha=8),
-        dp_config=DPConfig(sampling="client_batches", dataset_size=100, expected_batch_size=2), batch_size=2))
+    tc = svc.create_training_client(
+        TrainingConfig(
+            model_ref="tensafe-tiny-llama",
+            lora_config=LoRAConfig(rank=4, alpha=8),
+            dp_config=DPConfig(sampling="client_batches", dataset_size=100, expected_batch_size=2),
+            batch_size=2,
+        )
+    )
     tc.forward_backward({"input_ids": [[1, 2, 3]] * 2, "labels": [[1, 2, 3]] * 2}).result()
     svc.close()
     return tenant_id, key, tc.client_id

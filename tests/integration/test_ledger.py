@@ -34,7 +34,9 @@ async def _fresh(bootstrap: str, partitions: int = PARTITIONS) -> str:
 
 
 def _writer(bootstrap: str, prefix: str, partition: int, **kw) -> LedgerWriter:
-    return LedgerWriter(bootstrap, partition, topic=prefix + LEDGER, checkpoint_topic=prefix + CHECKPOINTS, **kw)
+    return LedgerWriter(
+        bootstrap, partition, topic=prefix + LEDGER, checkpoint_topic=prefix + CHECKPOINTS, **kw
+    )
 
 
 async def _produce_raw(bootstrap: str, topic: str, partition: int, values: list[bytes]) -> None:
@@ -63,7 +65,12 @@ async def test_ten_thousand_events_verify_live_and_from_export(broker, signer, t
         batch = 250
         for start in range(0, 10_000, batch):
             w = writers[(start // batch) % PARTITIONS]
-            await w.append_many([("CommandFailed", _payload(i), "t1", f"c{i % 7}", f"cmd-{i}") for i in range(start, start + batch)])
+            await w.append_many(
+                [
+                    ("CommandFailed", _payload(i), "t1", f"c{i % 7}", f"cmd-{i}")
+                    for i in range(start, start + batch)
+                ]
+            )
         for w in writers:
             await w.checkpoint()
     finally:
@@ -120,27 +127,51 @@ def _tamper(kind: str, values: list[bytes]) -> tuple[list[bytes], int]:
         state = ChainState(0)
         for raw in v[:20]:
             state.feed(raw)
-        forged = make_envelope(prev_hash=b"\x11" * 32, partition=0, seq=state.next_seq, epoch=state.epoch,
-                               event_type="CommandFailed", payload=_payload(999), tenant_id="t1", client_id="c1",
-                               command_id="forged")
+        forged = make_envelope(
+            prev_hash=b"\x11" * 32,
+            partition=0,
+            seq=state.next_seq,
+            epoch=state.epoch,
+            event_type="CommandFailed",
+            payload=_payload(999),
+            tenant_id="t1",
+            client_id="c1",
+            command_id="forged",
+        )
         v.insert(20, forged.encode())
         return v, 20
     if kind == "forked":
         state = ChainState(0)
         for raw in v[:20]:
             state.feed(raw)
-        sibling = make_envelope(prev_hash=state.hash_at(18), partition=0, seq=19, epoch=state.epoch,
-                                event_type="CommandFailed", payload=_payload(998), tenant_id="t1", client_id="c1",
-                                command_id="fork")
+        sibling = make_envelope(
+            prev_hash=state.hash_at(18),
+            partition=0,
+            seq=19,
+            epoch=state.epoch,
+            event_type="CommandFailed",
+            payload=_payload(998),
+            tenant_id="t1",
+            client_id="c1",
+            command_id="fork",
+        )
         v.insert(25, sibling.encode())
         return v, 25
     if kind == "stale_epoch":
         state = ChainState(0)
         for raw in v[:30]:
             state.feed(raw)
-        zombie = make_envelope(prev_hash=state.tail_hash, partition=0, seq=state.next_seq, epoch=0,
-                               event_type="CommandFailed", payload=_payload(997), tenant_id="t1", client_id="c1",
-                               command_id="zombie")
+        zombie = make_envelope(
+            prev_hash=state.tail_hash,
+            partition=0,
+            seq=state.next_seq,
+            epoch=0,
+            event_type="CommandFailed",
+            payload=_payload(997),
+            tenant_id="t1",
+            client_id="c1",
+            command_id="zombie",
+        )
         v.insert(30, zombie.encode())
         return v, 30
     if kind == "truncated":
@@ -170,7 +201,9 @@ async def test_tampering_is_detected_in_exports_and_live_topics(broker, signer, 
     # 2) a live topic holding the tampered records
     live_prefix = await _fresh(broker.bootstrap, partitions=1)
     await _produce_raw(broker.bootstrap, live_prefix + LEDGER, 0, tampered)
-    await _produce_raw(broker.bootstrap, live_prefix + CHECKPOINTS, 0, [cp.encode() for cp in snap.checkpoints])
+    await _produce_raw(
+        broker.bootstrap, live_prefix + CHECKPOINTS, 0, [cp.encode() for cp in snap.checkpoints]
+    )
     live = await collect(broker.bootstrap, live_prefix)
 
     for source in (read_export(path), live):
@@ -190,7 +223,9 @@ async def test_zombie_writer_is_fenced(broker):
     new = _writer(broker.bootstrap, prefix, 0)
     await new.start()  # claims epoch 2
     assert new.epoch == old.epoch + 1
-    await old.append("CommandFailed", _payload(2), tenant_id="t", client_id="c", command_id="zombie")  # lands, but fenced
+    await old.append(
+        "CommandFailed", _payload(2), tenant_id="t", client_id="c", command_id="zombie"
+    )  # lands, but fenced
     await new.append("CommandFailed", _payload(3), tenant_id="t", client_id="c", command_id="b")
     await old.stop()
     await new.stop()
@@ -227,12 +262,19 @@ async def test_writer_killed_with_sigkill_resumes_without_gap_or_duplicate(broke
     script = tmp_path / "writer.py"
     script.write_text(WRITER_SCRIPT)
     total = 400
-    proc = subprocess.Popen([sys.executable, str(script), broker.bootstrap, prefix, str(total)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), broker.bootstrap, prefix, str(total)], stdout=subprocess.PIPE, text=True
+    )
     for _ in range(150):  # let it get well into the run, then kill it mid-flight
         proc.stdout.readline()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    rerun = subprocess.run([sys.executable, str(script), broker.bootstrap, prefix, str(total)], capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(
+        [sys.executable, str(script), broker.bootstrap, prefix, str(total)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert rerun.returncode == 0, rerun.stderr
     snap = await collect(broker.bootstrap, prefix)
     report = verify_snapshot(snap)

@@ -31,14 +31,31 @@ async def test_shredded_tenant_is_unreadable_and_ledger_still_verifies(broker, t
     refs = {}
     for t, secret in secrets_by_tenant.items():
         sealed_prompt = seal(keyring, t, "SampleCompleted", secret)
-        await w.append("SampleCompleted", {
-            "num_prompts": 1, "num_samples": 1, "prompt_tokens": 3, "completion_tokens": 3, "temperature": 1.0,
-            "max_tokens": 3, "duration_ms": 1.0, "prompts_ciphertext": sealed_prompt, "completions_ciphertext": sealed_prompt,
-        }, tenant_id=t, client_id=f"tc_{t}", command_id=f"cmd-{t}")
+        await w.append(
+            "SampleCompleted",
+            {
+                "num_prompts": 1,
+                "num_samples": 1,
+                "prompt_tokens": 3,
+                "completion_tokens": 3,
+                "temperature": 1.0,
+                "max_tokens": 3,
+                "duration_ms": 1.0,
+                "prompts_ciphertext": sealed_prompt,
+                "completions_ciphertext": sealed_prompt,
+            },
+            tenant_id=t,
+            client_id=f"tc_{t}",
+            command_id=f"cmd-{t}",
+        )
         refs[t] = store.put(t, "checkpoint", secret * 100)
     await w.stop()
-    assert all(secret not in raw for recs in (await collect(broker.bootstrap, prefix)).ledger.values()
-               for _, raw in recs for secret in secrets_by_tenant.values())  # never clear text on the log
+    assert all(
+        secret not in raw
+        for recs in (await collect(broker.bootstrap, prefix)).ledger.values()
+        for _, raw in recs
+        for secret in secrets_by_tenant.values()
+    )  # never clear text on the log
 
     keyring.shred_tenant("acme")
     keyring.forget_cache()

@@ -36,24 +36,69 @@ STEPS = 6
 def _commands(keyring) -> list[Command]:
     ids = [[1, 5, 9, 13, 17, 21, 25, 29], [2, 6, 10, 14, 18, 22, 0, 0], [3, 7, 11, 15, 19, 23, 27, 31]]
     mask = [[1] * 8, [1] * 6 + [0] * 2, [1] * 8]
-    batch = codec.encode("tensafe.data.TokenBatch", {"input_ids": ids, "attention_mask": mask, "labels": ids,
-                                                     "target_tokens": [], "weights": []})
+    batch = codec.encode(
+        "tensafe.data.TokenBatch",
+        {"input_ids": ids, "attention_mask": mask, "labels": ids, "target_tokens": [], "weights": []},
+    )
     cmds = [
-        Command("c-create", "CreateTrainingClient", TENANT, CLIENT, {
-            "model_ref": "tensafe-tiny-llama", "lora_rank": 4, "lora_alpha": 8.0, "target_modules": [],
-            "dp_enabled": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "target_epsilon": 50.0,
-            "target_delta": 1e-5, "accountant": "rdp", "sampling_mode": "client_batches", "dataset_id": None,
-            "dataset_size": 1000, "expected_batch_size": 3, "seed": 1234, "metadata_json": "{}",
-        })
+        Command(
+            "c-create",
+            "CreateTrainingClient",
+            TENANT,
+            CLIENT,
+            {
+                "model_ref": "tensafe-tiny-llama",
+                "lora_rank": 4,
+                "lora_alpha": 8.0,
+                "target_modules": [],
+                "dp_enabled": True,
+                "noise_multiplier": 1.0,
+                "max_grad_norm": 1.0,
+                "target_epsilon": 50.0,
+                "target_delta": 1e-5,
+                "accountant": "rdp",
+                "sampling_mode": "client_batches",
+                "dataset_id": None,
+                "dataset_size": 1000,
+                "expected_batch_size": 3,
+                "seed": 1234,
+                "metadata_json": "{}",
+            },
+        )
     ]
     for s in range(STEPS):
-        cmds.append(Command(f"c-fb-{s}", "ForwardBackward", TENANT, CLIENT, {
-            "loss_fn": "cross_entropy", "return_logprobs": False, "forward_only": False,
-            "batch_ciphertext": seal(keyring, TENANT, "ForwardBackward", batch),
-        }))
-        cmds.append(Command(f"c-step-{s}", "OptimStep", TENANT, CLIENT, {
-            "learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}))
-    cmds.append(Command("c-save", "SaveState", TENANT, CLIENT, {"name": "final", "include_optimizer": True, "metadata_json": "{}"}))
+        cmds.append(
+            Command(
+                f"c-fb-{s}",
+                "ForwardBackward",
+                TENANT,
+                CLIENT,
+                {
+                    "loss_fn": "cross_entropy",
+                    "return_logprobs": False,
+                    "forward_only": False,
+                    "batch_ciphertext": seal(keyring, TENANT, "ForwardBackward", batch),
+                },
+            )
+        )
+        cmds.append(
+            Command(
+                f"c-step-{s}",
+                "OptimStep",
+                TENANT,
+                CLIENT,
+                {"learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+            )
+        )
+    cmds.append(
+        Command(
+            "c-save",
+            "SaveState",
+            TENANT,
+            CLIENT,
+            {"name": "final", "include_optimizer": True, "metadata_json": "{}"},
+        )
+    )
     return cmds
 
 
@@ -72,9 +117,20 @@ async def _outcomes(bootstrap: str, prefix: str) -> dict[str, list[str]]:
 
 def _start_worker(bootstrap: str, prefix: str, data: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tensafe.trainer", "--bootstrap", bootstrap, "--data-dir", str(data),
-         "--topic-prefix", prefix, "--test-mode"],
-        stdout=subprocess.DEVNULL, stderr=open(data / "worker.log", "ab"),
+        [
+            sys.executable,
+            "-m",
+            "tensafe.trainer",
+            "--bootstrap",
+            bootstrap,
+            "--data-dir",
+            str(data),
+            "--topic-prefix",
+            prefix,
+            "--test-mode",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(data / "worker.log", "ab"),
     )
 
 
@@ -104,8 +160,11 @@ async def _run(broker, tmp: Path, kill_after_steps: int | None) -> tuple[str, di
     proc = _start_worker(broker.bootstrap, prefix, tmp)
     try:
         if kill_after_steps is not None:
-            await _wait_for(broker.bootstrap, prefix,
-                            lambda o: sum("OptimStepApplied" in v for v in o.values()) >= kill_after_steps)
+            await _wait_for(
+                broker.bootstrap,
+                prefix,
+                lambda o: sum("OptimStepApplied" in v for v in o.values()) >= kill_after_steps,
+            )
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             proc = _start_worker(broker.bootstrap, prefix, tmp)
@@ -149,9 +208,13 @@ async def test_cancel_of_a_queued_command_and_of_a_finished_one(broker, tmp_path
     keyring.create_tenant(TENANT)
     create, fb, step = _commands(keyring)[:3]
     queued = Command("c-fb-queued", "ForwardBackward", TENANT, CLIENT, fb.payload)
-    cancel_queued = Command("c-cancel-1", "CancelCommand", TENANT, CLIENT, {"target_command_id": "c-fb-queued"})
+    cancel_queued = Command(
+        "c-cancel-1", "CancelCommand", TENANT, CLIENT, {"target_command_id": "c-fb-queued"}
+    )
     cancel_done = Command("c-cancel-2", "CancelCommand", TENANT, CLIENT, {"target_command_id": fb.command_id})
-    foreign = Command("c-cancel-3", "CancelCommand", "intruder", CLIENT, {"target_command_id": step.command_id})
+    foreign = Command(
+        "c-cancel-3", "CancelCommand", "intruder", CLIENT, {"target_command_id": step.command_id}
+    )
     producer = kafka_io.make_producer(broker.bootstrap)
     await producer.start()
     names = topic_names(prefix)

@@ -49,7 +49,9 @@ class Tenant:
 
 
 class FakeTrainer:
-    def __init__(self, bootstrap: str, topics: TopicNames, keyring: Keyring, partitions: int = PARTITIONS) -> None:
+    def __init__(
+        self, bootstrap: str, topics: TopicNames, keyring: Keyring, partitions: int = PARTITIONS
+    ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.keyring = keyring
@@ -68,7 +70,9 @@ class FakeTrainer:
 
     async def start(self) -> FakeTrainer:
         for p in range(self.partitions):
-            w = LedgerWriter(self.bootstrap, p, topic=self.topics.ledger, checkpoint_topic=self.topics.checkpoints)
+            w = LedgerWriter(
+                self.bootstrap, p, topic=self.topics.ledger, checkpoint_topic=self.topics.checkpoints
+            )
             await w.start()
             self.writers[p] = w
         self._tasks = [asyncio.create_task(self._consume(p)) for p in range(self.partitions)]
@@ -132,11 +136,19 @@ class FakeTrainer:
         self.executed.append(cmd.command_id)
         outcome = self.behave(cmd)
         for event_type, payload in outcome or ():
-            await w.append(event_type, payload, tenant_id=cmd.tenant_id, client_id=cmd.client_id, command_id=cmd.command_id)
+            await w.append(
+                event_type,
+                payload,
+                tenant_id=cmd.tenant_id,
+                client_id=cmd.client_id,
+                command_id=cmd.command_id,
+            )
 
     # -- default behaviour: succeed, like a tiny trainer --------------------------------------
     def open(self, cmd: Command, field_name: str, schema: str) -> dict[str, Any]:
-        rec = codec.decode_as(schema, open_sealed(self.keyring, cmd.tenant_id, cmd.command_type, cmd.payload[field_name]))
+        rec = codec.decode_as(
+            schema, open_sealed(self.keyring, cmd.tenant_id, cmd.command_type, cmd.payload[field_name])
+        )
         self.opened[cmd.command_id] = rec
         return rec
 
@@ -194,7 +206,9 @@ class FakeTrainer:
                 "step": self._steps.get(cid, 0), "epsilon_spent": self._eps.get(cid, 0.0), "ledger_offset_hint": -1,
             })]  # fmt: skip
         if t == "LoadState":
-            return [("StateLoaded", {"artifact_id": p["artifact_id"], "content_sha256": "ab" * 32, "step": 1})]
+            return [
+                ("StateLoaded", {"artifact_id": p["artifact_id"], "content_sha256": "ab" * 32, "step": 1})
+            ]
         if t == "RegisterDataset":
             data = open_sealed(self.keyring, cmd.tenant_id, "RegisterDataset", p["records_ciphertext"])
             self.opened[cmd.command_id] = codec.decode(data)[1]
@@ -241,7 +255,9 @@ class Env:
     async def gateway(self, **kw: Any) -> AsyncIterator[httpx.AsyncClient]:
         app = create_app(self.settings(**kw))
         async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://gw"
+            ) as client:
                 client.app = app  # type: ignore[attr-defined]
                 yield client
 
@@ -270,7 +286,9 @@ def env_for(bootstrap: str, prefix: str, tmp: Path) -> Env:
     return Env(bootstrap, topic_names(prefix), prefix, make_keyring(tmp / "keyring"), tmp / "tenants.json")
 
 
-async def wait_status(client: httpx.AsyncClient, tenant: Tenant, future_id: str, *, timeout: float = 10.0) -> dict[str, Any]:
+async def wait_status(
+    client: httpx.AsyncClient, tenant: Tenant, future_id: str, *, timeout: float = 10.0
+) -> dict[str, Any]:
     """Long-poll a future until it is terminal."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -300,7 +318,9 @@ def served(settings: Settings) -> Any:
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
     thread = threading.Thread(target=server.run, name="gateway-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -20,7 +20,9 @@ def second_surface(service: GatewayService) -> list[Route]:
 
     async def caps(request: Request) -> JSONResponse:
         who = await service.auth.authenticate(request, write=False)
-        return JSONResponse({"tenant": who.tenant_id, "models": [m.model_ref for m in service.settings.models]})
+        return JSONResponse(
+            {"tenant": who.tenant_id, "models": [m.model_ref for m in service.settings.models]}
+        )
 
     async def boom(request: Request) -> JSONResponse:
         raise RuntimeError("a bug")
@@ -34,15 +36,24 @@ async def test_extra_routes_share_auth_and_bugs_are_json_500(env: Env) -> None:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
-            r = await c.get("/api/v1/get_server_capabilities", headers={"X-API-Key": t.key, "X-Request-Id": "abc.123"})
+            r = await c.get(
+                "/api/v1/get_server_capabilities", headers={"X-API-Key": t.key, "X-Request-Id": "abc.123"}
+            )
             assert r.status_code == 200 and r.json()["tenant"] == t.tenant_id
             assert r.headers["x-request-id"] == "abc.123"  # echoed when well-formed
-            r = await c.get("/api/v1/get_server_capabilities", headers={"X-API-Key": t.key, "X-Request-Id": "bad id!"})
+            r = await c.get(
+                "/api/v1/get_server_capabilities", headers={"X-API-Key": t.key, "X-Request-Id": "bad id!"}
+            )
             assert r.headers["x-request-id"].startswith("req_") and len(r.headers["x-request-id"]) == 36
             assert (await c.get("/api/v1/get_server_capabilities")).status_code == 401
             r = await c.get("/api/v1/boom")
             assert r.status_code == 500
-            assert r.json()["error"] == {"code": "internal_error", "message": "internal error", "details": {}, "request_id": r.headers["x-request-id"]}
+            assert r.json()["error"] == {
+                "code": "internal_error",
+                "message": "internal error",
+                "details": {},
+                "request_id": r.headers["x-request-id"],
+            }
 
 
 async def test_openapi_documents_every_route(env: Env) -> None:
@@ -68,7 +79,9 @@ async def test_healthz_degrades_when_a_follower_dies(env: Env) -> None:
         svc = c.app.state.service  # type: ignore[attr-defined]
         svc.followers.errors.append("ledger-0: LedgerError: breaks the chain")
         r = await c.get("/healthz")
-        assert r.status_code == 503 and r.json()["status"] == "degraded" and "ledger-0" in r.json()["reasons"][0]
+        assert (
+            r.status_code == 503 and r.json()["status"] == "degraded" and "ledger-0" in r.json()["reasons"][0]
+        )
 
 
 async def test_rate_limit_per_tenant(env: Env) -> None:
@@ -78,5 +91,7 @@ async def test_rate_limit_per_tenant(env: Env) -> None:
         assert codes == [200, 200, 200, 429]
         r = await c.get("/api/v1/models", headers=a.h)
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
-        assert r.json()["error"]["code"] == "rate_limited" and r.json()["error"]["details"]["retry_after_s"] > 0
+        assert (
+            r.json()["error"]["code"] == "rate_limited" and r.json()["error"]["details"]["retry_after_s"] > 0
+        )
         assert (await c.get("/api/v1/models", headers=b.h)).status_code == 200  # per tenant

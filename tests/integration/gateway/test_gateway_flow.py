@@ -12,11 +12,18 @@ from gateway_harness import Env, wait_status
 
 pytestmark = pytest.mark.integration
 
-FB = {"batch": {"input_ids": [[1, 5, 9, 2], [1, 7, 2]], "labels": [[-100, 5, 9, 2], [-100, 7, 2]]}, "return_logprobs": True}
+FB = {
+    "batch": {"input_ids": [[1, 5, 9, 2], [1, 7, 2]], "labels": [[-100, 5, 9, 2], [-100, 7, 2]]},
+    "return_logprobs": True,
+}
 
 
 async def _client(c, t) -> str:
-    r = await c.post("/api/v1/training_clients", json={"model_ref": "tensafe-tiny-llama", "dp_config": {"dataset_size": 1000}}, headers=t.h)
+    r = await c.post(
+        "/api/v1/training_clients",
+        json={"model_ref": "tensafe-tiny-llama", "dp_config": {"dataset_size": 1000}},
+        headers=t.h,
+    )
     assert r.status_code == 202, r.text
     return r.json()["client_id"]
 
@@ -24,7 +31,11 @@ async def _client(c, t) -> str:
 async def test_full_flow_results_and_reads(env: Env) -> None:
     t = env.tenant()
     async with env.trainer() as trainer, env.gateway() as c:
-        r = await c.post("/api/v1/training_clients", json={"model_ref": "tensafe-tiny-llama", "metadata": {"project": "x"}}, headers=t.h)
+        r = await c.post(
+            "/api/v1/training_clients",
+            json={"model_ref": "tensafe-tiny-llama", "metadata": {"project": "x"}},
+            headers=t.h,
+        )
         assert r.status_code == 202 and r.headers["location"].startswith("/api/v1/futures/fut_")
         created = r.json()
         cid = created["client_id"]
@@ -46,12 +57,20 @@ async def test_full_flow_results_and_reads(env: Env) -> None:
         opened = trainer.opened["cmd_" + r.json()["future_id"][4:]]
         assert opened["input_ids"] == FB["batch"]["input_ids"] and opened["labels"] == FB["batch"]["labels"]
 
-        r = await c.post(f"/api/v1/training_clients/{cid}/optim_step", json={"adam_params": {"learning_rate": 0.001}}, headers=t.h)
+        r = await c.post(
+            f"/api/v1/training_clients/{cid}/optim_step",
+            json={"adam_params": {"learning_rate": 0.001}},
+            headers=t.h,
+        )
         step = await wait_status(c, t, r.json()["future_id"])
         assert step["result"]["step"] == 1 and step["result"]["epsilon_spent"] == 0.5
         assert step["result"]["epsilon_remaining"] == 7.5 and step["result"]["learning_rate"] == 0.001
 
-        r = await c.post(f"/api/v1/training_clients/{cid}/sample", json={"prompts": ["hi", "yo"], "num_samples": 2}, headers=t.h)
+        r = await c.post(
+            f"/api/v1/training_clients/{cid}/sample",
+            json={"prompts": ["hi", "yo"], "num_samples": 2},
+            headers=t.h,
+        )
         s = await wait_status(c, t, r.json()["future_id"])
         assert [x["prompt_index"] for x in s["result"]["samples"]] == [0, 0, 1, 1]
         assert s["result"]["samples"][0]["completion"] == "completion 0" and s["result"]["model_step"] == 1
@@ -67,13 +86,22 @@ async def test_full_flow_results_and_reads(env: Env) -> None:
         r = await c.get("/api/v1/artifacts", params={"client_id": cid}, headers=t.h)
         assert [a["artifact_id"] for a in r.json()["artifacts"]] == [art["artifact_id"]]
 
-        r = await c.post(f"/api/v1/training_clients/{cid}/load_state", json={"artifact_id": art["artifact_id"], "load_optimizer": False}, headers=t.h)
+        r = await c.post(
+            f"/api/v1/training_clients/{cid}/load_state",
+            json={"artifact_id": art["artifact_id"], "load_optimizer": False},
+            headers=t.h,
+        )
         loaded = await wait_status(c, t, r.json()["future_id"])
         assert loaded["result"] == {"artifact_id": art["artifact_id"], "step": 1, "loaded_optimizer": False}
 
         r = await c.get(f"/api/v1/training_clients/{cid}/dp_metrics", headers=t.h)
         m = r.json()
-        assert m["steps"] == 1 and m["epsilon_spent"] == 0.5 and m["target_epsilon"] == 8.0 and m["guarantee"] == "unamplified"
+        assert (
+            m["steps"] == 1
+            and m["epsilon_spent"] == 0.5
+            and m["target_epsilon"] == 8.0
+            and m["guarantee"] == "unamplified"
+        )
 
         r = await c.get(f"/api/v1/training_clients/{cid}/audit_logs", headers=t.h)
         log = r.json()
@@ -83,9 +111,15 @@ async def test_full_flow_results_and_reads(env: Env) -> None:
         for a, b in zip(log["entries"], log["entries"][1:], strict=False):
             if b["seq"] == a["seq"] + 1:
                 assert b["prev_hash"] == a["hash"]
-        r = await c.get(f"/api/v1/training_clients/{cid}/audit_logs", params={"after_seq": log["entries"][1]["seq"], "limit": 2}, headers=t.h)
+        r = await c.get(
+            f"/api/v1/training_clients/{cid}/audit_logs",
+            params={"after_seq": log["entries"][1]["seq"], "limit": 2},
+            headers=t.h,
+        )
         page = r.json()
-        assert [e["seq"] for e in page["entries"]] == [e["seq"] for e in log["entries"][2:4]] and page["has_more"]
+        assert [e["seq"] for e in page["entries"]] == [e["seq"] for e in log["entries"][2:4]] and page[
+            "has_more"
+        ]
 
         r = await c.get("/api/v1/futures", params={"ids": f"{created['future_id']},fut_nope"}, headers=t.h)
         assert [f["future_id"] for f in r.json()["futures"]] == [created["future_id"]]
@@ -120,14 +154,23 @@ async def test_budget_refused_fails_future_then_gateway_refuses(env: Env) -> Non
 
         def refuse(cmd):
             if cmd.command_type == "OptimStep":
-                return [("BudgetRefused", {"step_would_be": 1, "epsilon_would_be": 9.5, "target_epsilon": 8.0, "delta": 1e-5})]
+                return [
+                    (
+                        "BudgetRefused",
+                        {"step_would_be": 1, "epsilon_would_be": 9.5, "target_epsilon": 8.0, "delta": 1e-5},
+                    )
+                ]
             return trainer.default(cmd)
 
         trainer.behave = refuse
         r = await c.post(f"/api/v1/training_clients/{cid}/optim_step", headers=t.h)
         f = await wait_status(c, t, r.json()["future_id"])
         assert f["status"] == "failed" and f["error"]["code"] == "budget_exceeded"
-        assert f["error"]["details"] == {"epsilon_spent": 0.0, "epsilon_after_step": 9.5, "target_epsilon": 8.0}
+        assert f["error"]["details"] == {
+            "epsilon_spent": 0.0,
+            "epsilon_after_step": 9.5,
+            "target_epsilon": 8.0,
+        }
         before = await env.command_count()
         r = await c.post(f"/api/v1/training_clients/{cid}/optim_step", headers=t.h)
         assert r.status_code == 422 and r.json()["error"]["code"] == "budget_exceeded"
@@ -141,7 +184,16 @@ async def test_trainer_failure_codes_map_to_future_errors(env: Env) -> None:
 
         def fail(cmd):
             if cmd.command_type == "ForwardBackward":
-                return [("CommandFailed", {"command_type": "tensafe.command.ForwardBackward", "error_code": "invalid_batch", "message": "token 9 >= vocab"})]
+                return [
+                    (
+                        "CommandFailed",
+                        {
+                            "command_type": "tensafe.command.ForwardBackward",
+                            "error_code": "invalid_batch",
+                            "message": "token 9 >= vocab",
+                        },
+                    )
+                ]
             return trainer.default(cmd)
 
         trainer.behave = fail
@@ -158,7 +210,10 @@ async def test_cancel_pending_and_not_pending(env: Env) -> None:
         r = await c.post(f"/api/v1/training_clients/{cid}/forward_backward", json=FB, headers=t.h)
         done = await wait_status(c, t, r.json()["future_id"])
         r = await c.delete(f"/api/v1/futures/{done['future_id']}", headers=t.h)
-        assert r.status_code == 409 and r.json()["error"]["details"] == {"reason": "future_not_pending", "status": "completed"}
+        assert r.status_code == 409 and r.json()["error"]["details"] == {
+            "reason": "future_not_pending",
+            "status": "completed",
+        }
 
         trainer.hold = True
         r = await c.post(f"/api/v1/training_clients/{cid}/forward_backward", json=FB, headers=t.h)
@@ -177,14 +232,22 @@ async def test_datasets_and_poisson_clients(env: Env) -> None:
     t = env.tenant()
     async with env.trainer() as trainer, env.gateway() as c:
         records = [{"text": "alpha"}, {"text": "beta"}]
-        r = await c.post("/api/v1/datasets", json={"name": "tickets", "records": records, "metadata": {"k": 1}}, headers=t.h)
+        r = await c.post(
+            "/api/v1/datasets",
+            json={"name": "tickets", "records": records, "metadata": {"k": 1}},
+            headers=t.h,
+        )
         assert r.status_code == 201, r.text
         ds = r.json()
         canon = json.dumps(records, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         assert ds["content_hash"] == "sha256:" + hashlib.sha256(canon).hexdigest() and ds["num_records"] == 2
         r = await c.post(
             "/api/v1/training_clients",
-            json={"model_ref": "tensafe-tiny-llama", "dataset_id": ds["dataset_id"], "dp_config": {"expected_batch_size": 1}},
+            json={
+                "model_ref": "tensafe-tiny-llama",
+                "dataset_id": ds["dataset_id"],
+                "dp_config": {"expected_batch_size": 1},
+            },
             headers=t.h,
         )
         assert r.status_code == 202, r.text
@@ -233,11 +296,19 @@ async def test_poisson_client_waits_for_its_dataset(env: Env) -> None:
         r = await c.post("/api/v1/datasets", json={"name": "d", "records": [{"text": "a"}]}, headers=t.h)
         ds = r.json()["dataset_id"]
         before = await env.command_count()
-        r = await c.post("/api/v1/training_clients", json={"model_ref": "tensafe-tiny-llama", "dataset_id": ds}, headers=t.h)
+        r = await c.post(
+            "/api/v1/training_clients",
+            json={"model_ref": "tensafe-tiny-llama", "dataset_id": ds},
+            headers=t.h,
+        )
         assert r.status_code == 409 and r.json()["error"]["details"]["reason"] == "dataset_not_ready"
         assert await env.command_count() == before
         create = asyncio.create_task(
-            c.post("/api/v1/training_clients", json={"model_ref": "tensafe-tiny-llama", "dataset_id": ds}, headers=t.h)
+            c.post(
+                "/api/v1/training_clients",
+                json={"model_ref": "tensafe-tiny-llama", "dataset_id": ds},
+                headers=t.h,
+            )
         )
         await asyncio.sleep(0.1)
         await trainer.release()  # the registration lands while the request waits

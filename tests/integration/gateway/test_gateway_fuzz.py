@@ -29,7 +29,13 @@ CODES = {
     "budget_exceeded",
 }  # fmt: skip
 
-json_scalars = st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
 json_values = st.recursive(
     json_scalars,
     lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=12), kids, max_size=5),
@@ -38,14 +44,24 @@ json_values = st.recursive(
 tokens = st.lists(st.integers(min_value=-5, max_value=9000), min_size=0, max_size=6)
 
 VALID = {
-    "forward_backward": {"batch": {"input_ids": [[1, 2, 3]], "labels": [[-100, 2, 3]]}, "return_logprobs": False},
+    "forward_backward": {
+        "batch": {"input_ids": [[1, 2, 3]], "labels": [[-100, 2, 3]]},
+        "return_logprobs": False,
+    },
     "optim_step": {"adam_params": {"learning_rate": 1e-4}},
     "sample": {"prompts": ["hello"], "max_tokens": 8, "num_samples": 2},
     "save_state": {"name": "ckpt-1", "include_optimizer": True},
-    "create": {"model_ref": "tensafe-tiny-llama", "lora_config": {"rank": 8}, "dp_config": {"dataset_size": 100}},
+    "create": {
+        "model_ref": "tensafe-tiny-llama",
+        "lora_config": {"rank": 8},
+        "dp_config": {"dataset_size": 100},
+    },
     "dataset": {"name": "ds", "records": [{"text": "a"}]},
 }
-FIELDS = sorted({k for body in VALID.values() for k in body} | {"data", "prompt_tokens", "batch_size", "metadata", "seed", "token_records", "artifact_id"})
+FIELDS = sorted(
+    {k for body in VALID.values() for k in body}
+    | {"data", "prompt_tokens", "batch_size", "metadata", "seed", "token_records", "artifact_id"}
+)
 
 
 @st.composite
@@ -76,7 +92,14 @@ def server(broker, tmp_path_factory) -> Iterator[dict[str, Any]]:
     with served(env.settings()) as base, httpx.Client(base_url=base, headers=t.h, timeout=30) as http:
         r = http.post("/api/v1/training_clients", json=VALID["create"])
         assert r.status_code == 202
-        world = {"env": env, "http": http, "cid": r.json()["client_id"], "accepted": 1, "base": base, "key": t.key}
+        world = {
+            "env": env,
+            "http": http,
+            "cid": r.json()["client_id"],
+            "accepted": 1,
+            "base": base,
+            "key": t.key,
+        }
         world["start"] = run_sync(env.command_count()) - 1
         yield world
         # the ledger of truth: one command per 2xx POST, nothing for the rest
@@ -128,10 +151,14 @@ def test_fuzz_arbitrary_json(server: dict[str, Any], name: str, body: Any) -> No
 @given(
     name=st.sampled_from(sorted(VALID)),
     raw=st.binary(max_size=200),
-    ctype=st.sampled_from(["application/json", "text/plain", "application/json; charset=utf-16", "", "application/x-protobuf"]),
+    ctype=st.sampled_from(
+        ["application/json", "text/plain", "application/json; charset=utf-16", "", "application/x-protobuf"]
+    ),
     key=st.none() | st.text(max_size=30),
 )
-def test_fuzz_raw_bytes_and_headers(server: dict[str, Any], name: str, raw: bytes, ctype: str, key: str | None) -> None:
+def test_fuzz_raw_bytes_and_headers(
+    server: dict[str, Any], name: str, raw: bytes, ctype: str, key: str | None
+) -> None:
     headers = {"Content-Type": ctype} if ctype else {}
     if key is not None:
         try:
@@ -149,11 +176,21 @@ def test_fuzz_raw_bytes_and_headers(server: dict[str, Any], name: str, raw: byte
 @FUZZ
 @given(
     path=st.sampled_from(
-        ["/api/v1/futures/{x}", "/api/v1/training_clients/{x}", "/api/v1/training_clients/{x}/audit_logs",
-         "/api/v1/artifacts/{x}", "/api/v1/datasets/{x}", "/api/v1/futures"]
+        [
+            "/api/v1/futures/{x}",
+            "/api/v1/training_clients/{x}",
+            "/api/v1/training_clients/{x}/audit_logs",
+            "/api/v1/artifacts/{x}",
+            "/api/v1/datasets/{x}",
+            "/api/v1/futures",
+        ]
     ),  # fmt: skip
     x=st.text(alphabet=st.characters(codec="ascii", exclude_characters="/?#"), max_size=40),
-    params=st.dictionaries(st.sampled_from(["wait", "limit", "cursor", "after_seq", "ids", "client_id"]), st.text(max_size=12), max_size=3),
+    params=st.dictionaries(
+        st.sampled_from(["wait", "limit", "cursor", "after_seq", "ids", "client_id"]),
+        st.text(max_size=12),
+        max_size=3,
+    ),
 )
 def test_fuzz_reads(server: dict[str, Any], path: str, x: str, params: dict[str, str]) -> None:
     if "wait" in params:

@@ -32,7 +32,11 @@ async def test_same_key_same_body_is_one_command_and_same_future(env: Env) -> No
         r1 = await c.post(url, json=FB, headers=h)
         r2 = await c.post(url, json=FB, headers={**t.h, "X-Idempotency-Key": "fb-1"})  # the Tinker alias
         # key order and whitespace do not matter: the fingerprint is over canonical JSON
-        r3 = await c.post(url, content='{ "batch" : {"input_ids":[[1,2,3]]} }', headers={**h, "Content-Type": "application/json"})
+        r3 = await c.post(
+            url,
+            content='{ "batch" : {"input_ids":[[1,2,3]]} }',
+            headers={**h, "Content-Type": "application/json"},
+        )
         assert r1.status_code == r2.status_code == r3.status_code == 202
         assert r1.json() == r2.json() == r3.json()
         assert "idempotent-replayed" not in r1.headers and r2.headers["idempotent-replayed"] == "true"
@@ -50,8 +54,16 @@ async def test_same_key_different_body_or_path_is_409(env: Env) -> None:
         r = await c.post(f"/api/v1/training_clients/{cid}/forward_backward", json=FB, headers=h)
         assert r.status_code == 202
         before = await env.command_count()
-        r = await c.post(f"/api/v1/training_clients/{cid}/forward_backward", json={"batch": {"input_ids": [[1, 2, 4]]}}, headers=h)
-        assert r.status_code == 409 and r.json()["error"] == {**r.json()["error"], "code": "idempotency_conflict", "details": {"idempotency_key": "k-2"}}
+        r = await c.post(
+            f"/api/v1/training_clients/{cid}/forward_backward",
+            json={"batch": {"input_ids": [[1, 2, 4]]}},
+            headers=h,
+        )
+        assert r.status_code == 409 and r.json()["error"] == {
+            **r.json()["error"],
+            "code": "idempotency_conflict",
+            "details": {"idempotency_key": "k-2"},
+        }
         r = await c.post(f"/api/v1/training_clients/{cid}/optim_step", json={}, headers=h)
         assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_conflict"
         assert await env.command_count() == before
@@ -74,7 +86,12 @@ async def test_concurrent_duplicates_publish_once(env: Env) -> None:
         cid = await _client(c, t)
         before = await env.command_count()
         h = {**t.h, "Idempotency-Key": "race"}
-        rs = await asyncio.gather(*(c.post(f"/api/v1/training_clients/{cid}/forward_backward", json=FB, headers=h) for _ in range(5)))
+        rs = await asyncio.gather(
+            *(
+                c.post(f"/api/v1/training_clients/{cid}/forward_backward", json=FB, headers=h)
+                for _ in range(5)
+            )
+        )
         codes = sorted(r.status_code for r in rs)
         assert set(codes) <= {202, 409} and 202 in codes
         for r in rs:
@@ -101,18 +118,24 @@ async def test_retry_after_restart_replays_the_same_command(env: Env) -> None:
         # the pending future and the creating client survived the restart too
         r = await c2.get(f"/api/v1/futures/{first.json()['future_id']}", headers=t.h)
         assert r.status_code == 200 and r.json()["status"] == "pending"
-        assert (await c2.get(f"/api/v1/training_clients/{first.json()['client_id']}", headers=t.h)).status_code == 200
+        assert (
+            await c2.get(f"/api/v1/training_clients/{first.json()['client_id']}", headers=t.h)
+        ).status_code == 200
     assert await env.command_count() == count
 
 
-async def test_crash_before_the_answer_republishes_the_same_command_id_and_the_effect_is_once(env: Env) -> None:
+async def test_crash_before_the_answer_republishes_the_same_command_id_and_the_effect_is_once(
+    env: Env,
+) -> None:
     """If the gateway died after publishing but before it could answer (and this instance
     has no record of the attempt), the retry publishes a command with the *same* id; the
     trainer skips the duplicate, so the effect happens exactly once."""
     t = env.tenant()
     async with env.trainer() as trainer:
         async with env.gateway() as c:
-            r = await c.post("/api/v1/training_clients", json={"model_ref": "tensafe-tiny-llama"}, headers=t.h)
+            r = await c.post(
+                "/api/v1/training_clients", json={"model_ref": "tensafe-tiny-llama"}, headers=t.h
+            )
             cid = r.json()["client_id"]
             await wait_status(c, t, r.json()["future_id"])  # on the ledger: any gateway knows it now
         h = {**t.h, "Idempotency-Key": "opt-1"}

@@ -18,7 +18,9 @@ async def test_sdk_drives_the_gateway(env: Env) -> None:
     app = create_app(env.settings())
     async with env.trainer(), app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with ServiceClient(base_url="http://gw", api_key=t.key, async_transport=transport, max_retries=0) as svc:
+        async with ServiceClient(
+            base_url="http://gw", api_key=t.key, async_transport=transport, max_retries=0
+        ) as svc:
             assert [m.model_ref for m in await svc.list_models_async()] == ["tensafe-tiny-llama"]
             config = TrainingConfig(
                 model_ref="tensafe-tiny-llama",
@@ -33,7 +35,11 @@ async def test_sdk_drives_the_gateway(env: Env) -> None:
             step = await (await tc.optim_step_async()).result_async()
             assert step.step == 1
             metrics = await tc.get_dp_metrics_async()
-            assert metrics.steps == 1 and metrics.epsilon_spent == 0.5 and metrics.guarantee == "conditional_on_client_sampling"
+            assert (
+                metrics.steps == 1
+                and metrics.epsilon_spent == 0.5
+                and metrics.guarantee == "conditional_on_client_sampling"
+            )
             saved = await tc.save_state_async("ckpt")
             assert saved.artifact_id.startswith("art_") and saved.encryption.algorithm == "AES-256-GCM"
             loaded = await tc.load_state_async(saved.artifact_id, load_optimizer=False)
@@ -45,8 +51,12 @@ async def test_sdk_drives_the_gateway(env: Env) -> None:
             ds = await svc.register_dataset_async("texts", ["a", "b"])  # the SDK checks content_hash itself
             assert ds.num_records == 2
             assert tc.client_id in [c.client_id for c in await svc.list_training_clients_async()]
-            assert [a.artifact_id for a in await svc.list_artifacts_async(client_id=tc.client_id)] == [saved.artifact_id]
-        async with ServiceClient(base_url="http://gw", api_key=other.key, async_transport=transport, max_retries=0) as theirs:
+            assert [a.artifact_id for a in await svc.list_artifacts_async(client_id=tc.client_id)] == [
+                saved.artifact_id
+            ]
+        async with ServiceClient(
+            base_url="http://gw", api_key=other.key, async_transport=transport, max_retries=0
+        ) as theirs:
             with pytest.raises(NotFoundError):
                 await theirs.get_artifact_async(saved.artifact_id)
             assert await theirs.list_training_clients_async() == []

@@ -29,18 +29,36 @@ async def test_commands_and_ledger_hold_no_clear_text(env: Env) -> None:
         r = await c.post("/api/v1/training_clients", json={"model_ref": "tensafe-tiny-llama"}, headers=t.h)
         cid = r.json()["client_id"]
         await wait_status(c, t, r.json()["future_id"])
-        r = await c.post(f"/api/v1/training_clients/{cid}/forward_backward", json={"batch": {"input_ids": [TOKENS]}}, headers=t.h)
+        r = await c.post(
+            f"/api/v1/training_clients/{cid}/forward_backward",
+            json={"batch": {"input_ids": [TOKENS]}},
+            headers=t.h,
+        )
         await wait_status(c, t, r.json()["future_id"])
-        r = await c.post(f"/api/v1/training_clients/{cid}/forward_backward", json={"data": [{"tokens": TOKENS, "target_tokens": TOKENS}]}, headers=t.h)
+        r = await c.post(
+            f"/api/v1/training_clients/{cid}/forward_backward",
+            json={"data": [{"tokens": TOKENS, "target_tokens": TOKENS}]},
+            headers=t.h,
+        )
         await wait_status(c, t, r.json()["future_id"])
-        r = await c.post(f"/api/v1/training_clients/{cid}/sample", json={"prompts": [SECRET_TEXT], "stop": [SECRET_TEXT + "-stop"]}, headers=t.h)
+        r = await c.post(
+            f"/api/v1/training_clients/{cid}/sample",
+            json={"prompts": [SECRET_TEXT], "stop": [SECRET_TEXT + "-stop"]},
+            headers=t.h,
+        )
         s = await wait_status(c, t, r.json()["future_id"])
         assert s["result"]["samples"][0]["completion"] == "completion 0"  # the owner reads it in clear
-        r = await c.post(f"/api/v1/training_clients/{cid}/sample", json={"prompt_tokens": [TOKENS]}, headers=t.h)
+        r = await c.post(
+            f"/api/v1/training_clients/{cid}/sample", json={"prompt_tokens": [TOKENS]}, headers=t.h
+        )
         await wait_status(c, t, r.json()["future_id"])
-        r = await c.post("/api/v1/datasets", json={"name": "d", "records": [{"text": SECRET_TEXT}]}, headers=t.h)
+        r = await c.post(
+            "/api/v1/datasets", json={"name": "d", "records": [{"text": SECRET_TEXT}]}, headers=t.h
+        )
         assert r.status_code == 201
-        r = await c.post("/api/v1/datasets", json={"name": "d2", "token_records": [{"input_ids": TOKENS}]}, headers=t.h)
+        r = await c.post(
+            "/api/v1/datasets", json={"name": "d2", "token_records": [{"input_ids": TOKENS}]}, headers=t.h
+        )
         assert r.status_code == 201
 
     records = await env.command_records()
@@ -55,7 +73,11 @@ async def test_commands_and_ledger_hold_no_clear_text(env: Env) -> None:
         assert token_run not in blob
         assert b"completion 0" not in blob
     # every sealed field names a DEK and opens only under the owner's tenant and the command's context
-    sealed_fields = {"ForwardBackward": "batch_ciphertext", "Sample": "prompts_ciphertext", "RegisterDataset": "records_ciphertext"}
+    sealed_fields = {
+        "ForwardBackward": "batch_ciphertext",
+        "Sample": "prompts_ciphertext",
+        "RegisterDataset": "records_ciphertext",
+    }
     n = 0
     for rec in records:
         cmd = Command.decode(rec.value)

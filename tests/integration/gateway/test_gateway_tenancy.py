@@ -50,11 +50,18 @@ async def test_other_tenants_resources_are_404_everywhere(env: Env) -> None:
         assert await env.command_count() == before  # nothing published on B's behalf
 
         # lists only hold the caller's own resources
-        assert [x["client_id"] for x in (await c.get("/api/v1/training_clients", headers=b.h)).json()["training_clients"]] == [b_cid]
+        assert [
+            x["client_id"]
+            for x in (await c.get("/api/v1/training_clients", headers=b.h)).json()["training_clients"]
+        ] == [b_cid]
         assert (await c.get("/api/v1/artifacts", headers=b.h)).json()["artifacts"] == []
-        assert (await c.get("/api/v1/artifacts", params={"client_id": cid}, headers=b.h)).json()["artifacts"] == []
+        assert (await c.get("/api/v1/artifacts", params={"client_id": cid}, headers=b.h)).json()[
+            "artifacts"
+        ] == []
         assert (await c.get("/api/v1/datasets", headers=b.h)).json()["datasets"] == []
-        assert (await c.get("/api/v1/futures", params={"ids": create_fid}, headers=b.h)).json()["futures"] == []
+        assert (await c.get("/api/v1/futures", params={"ids": create_fid}, headers=b.h)).json()[
+            "futures"
+        ] == []
         # and A still sees everything
         assert (await c.get(f"/api/v1/artifacts/{art}", headers=a.h)).status_code == 200
         assert (await c.get(f"/api/v1/training_clients/{cid}/audit_logs", headers=a.h)).json()["entries"]
@@ -67,5 +74,8 @@ async def test_same_idempotency_key_in_two_tenants_is_two_commands(env: Env) -> 
         ra = await c.post("/api/v1/training_clients", json=body, headers={**a.h, "Idempotency-Key": "same"})
         rb = await c.post("/api/v1/training_clients", json=body, headers={**b.h, "Idempotency-Key": "same"})
         assert ra.status_code == rb.status_code == 202
-        assert ra.json()["future_id"] != rb.json()["future_id"] and ra.json()["client_id"] != rb.json()["client_id"]
+        assert (
+            ra.json()["future_id"] != rb.json()["future_id"]
+            and ra.json()["client_id"] != rb.json()["client_id"]
+        )
         assert "idempotent-replayed" not in rb.headers

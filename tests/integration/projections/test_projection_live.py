@@ -24,7 +24,9 @@ PARTITIONS = 4
 REPO = Path(__file__).resolve().parents[3]
 
 
-async def write_events(bootstrap: str, prefix: str, per_partition: dict[int, list], chunk: int = 100) -> dict[int, int]:
+async def write_events(
+    bootstrap: str, prefix: str, per_partition: dict[int, list], chunk: int = 100
+) -> dict[int, int]:
     """Append each partition's events with a real LedgerWriter; returns {partition: next_seq}."""
     names = topic_names(prefix)
     writers = {p: LedgerWriter(bootstrap, p, topic=names.ledger, checkpoint_topic=names.checkpoints)
@@ -152,6 +154,8 @@ async def test_projector_stops_at_a_broken_chain(broker, topic_prefix):
         await producer.stop()
     rm = ReadModel()
     with pytest.raises(ChainBroken) as info:
-        await asyncio.wait_for(run_projector(broker.bootstrap, rm, asyncio.Event(), topic=names.ledger, partitions=[0]), 30)
+        await asyncio.wait_for(
+            run_projector(broker.bootstrap, rm, asyncio.Event(), topic=names.ledger, partitions=[0]), 30
+        )
     assert info.value.partition == 0 and info.value.offset == expected[0]
     assert rm.positions()[0].next_seq == expected[0]

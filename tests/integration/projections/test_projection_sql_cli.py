@@ -77,5 +77,7 @@ def test_tensafe_sql_on_an_export_file_and_on_the_broker(broker, topic_prefix, t
     assert code == 0, err
     assert [tuple(r.values()) for r in json.loads(out)] == expected
     total = sum(len(v) for v in synthetic.workload(300, 4, clients=4).values()) + 4  # + a claim per partition
-    code, out, err = _run(capsys, "SELECT count(*) AS n FROM ledger_events", "--file", str(export), "--format", "json")
+    code, out, err = _run(
+        capsys, "SELECT count(*) AS n FROM ledger_events", "--file", str(export), "--format", "json"
+    )
     assert code == 0 and json.loads(out) == [{"n": total}]

@@ -23,7 +23,9 @@ def _binary() -> Path:
 
 def _config(file: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"TS_KEY_MASTER": "00" * 32}
-    return subprocess.run([str(_binary()), "-f", str(file), "config", "-q"], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [str(_binary()), "-f", str(file), "config", "-q"], capture_output=True, text=True, env=env
+    )
 
 
 def test_compose_file_is_valid():

@@ -10,17 +10,29 @@ from tensafe.events.verify import verify_partition
 
 def _claim(state: ChainState, epoch: int) -> bytes:
     return make_envelope(
-        prev_hash=state.tail_hash, partition=state.partition, seq=state.next_seq, epoch=epoch, event_type=CLAIM_TYPE,
-        payload={"writer_id": "w", "epoch": epoch, "host": "h", "pid": 1}, tenant_id="", client_id="", command_id=None,
+        prev_hash=state.tail_hash,
+        partition=state.partition,
+        seq=state.next_seq,
+        epoch=epoch,
+        event_type=CLAIM_TYPE,
+        payload={"writer_id": "w", "epoch": epoch, "host": "h", "pid": 1},
+        tenant_id="",
+        client_id="",
+        command_id=None,
     ).encode()
 
 
 def _event(state: ChainState, epoch: int, i: int, seq: int | None = None, prev: bytes | None = None) -> bytes:
     return make_envelope(
-        prev_hash=state.tail_hash if prev is None else prev, partition=state.partition,
-        seq=state.next_seq if seq is None else seq, epoch=epoch, event_type="CommandFailed",
+        prev_hash=state.tail_hash if prev is None else prev,
+        partition=state.partition,
+        seq=state.next_seq if seq is None else seq,
+        epoch=epoch,
+        event_type="CommandFailed",
         payload={"command_type": "x", "error_code": "e", "message": f"event {i}"},
-        tenant_id="t1", client_id="c1", command_id=f"cmd-{i}",
+        tenant_id="t1",
+        client_id="c1",
+        command_id=f"cmd-{i}",
     ).encode()
 
 
@@ -62,7 +74,11 @@ def test_header_fast_path_agrees_with_full_decode():
     raw = build(n=1)[1]
     h, env = read_header(raw), decode_envelope(raw)
     assert (h.prev_hash, h.partition, h.seq, h.epoch, h.event_type) == (
-        env.prev_hash, env.partition, env.seq, env.epoch, env.event_type
+        env.prev_hash,
+        env.partition,
+        env.seq,
+        env.epoch,
+        env.event_type,
     )
 
 
@@ -160,8 +176,15 @@ def test_claim_that_lost_a_race_is_ignored_and_reclaim_wins():
     state.feed(late)
     raws.append(late)
     lost = make_envelope(
-        prev_hash=stale_view_tail, partition=0, seq=stale_seq, epoch=2, event_type=CLAIM_TYPE,
-        payload={"writer_id": "new", "epoch": 2, "host": "h", "pid": 2}, tenant_id="", client_id="", command_id=None,
+        prev_hash=stale_view_tail,
+        partition=0,
+        seq=stale_seq,
+        epoch=2,
+        event_type=CLAIM_TYPE,
+        payload={"writer_id": "new", "epoch": 2, "host": "h", "pid": 2},
+        tenant_id="",
+        client_id="",
+        command_id=None,
     ).encode()
     assert state.feed(lost).verdict is Verdict.LOST_CLAIM
     raws.append(lost)
@@ -196,12 +219,23 @@ def test_hand_decoder_equals_avro_decoder():
         assert decode_envelope(raw) == Envelope(**codec.decode_as("tensafe.ledger.Envelope", raw))
 
 
-@pytest.mark.parametrize("seq,epoch,cmd", [(0, 1, None), (63, 64, "c"), (2**40, 2**31, "cmd-\u00e9"), (10**15, 7, "")])
+@pytest.mark.parametrize(
+    "seq,epoch,cmd", [(0, 1, None), (63, 64, "c"), (2**40, 2**31, "cmd-\u00e9"), (10**15, 7, "")]
+)
 def test_hand_encoder_equals_avro_encoder(seq, epoch, cmd):
     from tensafe.events import codec
 
-    env = make_envelope(prev_hash=bytes(range(32)), partition=300, seq=seq, epoch=epoch, event_type="CommandFailed",
-                        payload=_payload_record(), tenant_id="t\u00fc", client_id="c" * 200, command_id=cmd)
+    env = make_envelope(
+        prev_hash=bytes(range(32)),
+        partition=300,
+        seq=seq,
+        epoch=epoch,
+        event_type="CommandFailed",
+        payload=_payload_record(),
+        tenant_id="t\u00fc",
+        client_id="c" * 200,
+        command_id=cmd,
+    )
     assert env.encode() == codec.encode("tensafe.ledger.Envelope", env.__dict__)
 
 

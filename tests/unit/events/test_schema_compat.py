@@ -34,8 +34,16 @@ def _datum(t, rng: random.Random, names: dict):
     if isinstance(t, str):
         if t in names:
             return _datum(names[t], rng, names)
-        return {"null": None, "boolean": True, "int": rng.randint(-99, 99), "long": rng.randint(-10**12, 10**12),
-                "float": 1.5, "double": 2.25, "string": f"s{rng.randint(0, 9)}", "bytes": b"\x00\x01"}[t]
+        return {
+            "null": None,
+            "boolean": True,
+            "int": rng.randint(-99, 99),
+            "long": rng.randint(-(10**12), 10**12),
+            "float": 1.5,
+            "double": 2.25,
+            "string": f"s{rng.randint(0, 9)}",
+            "bytes": b"\x00\x01",
+        }[t]
     kind = t["type"]
     if kind in ("record", "fixed", "enum"):
         names[t["name"]] = t
@@ -63,15 +71,23 @@ def test_current_reads_every_earlier_version(name):
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, parse_schema(old, _write_hint=False), datum)
         buf.seek(0)
-        fastavro.schemaless_reader(buf, parse_schema(old, _write_hint=False), parse_schema(current, _write_hint=False))
+        fastavro.schemaless_reader(
+            buf, parse_schema(old, _write_hint=False), parse_schema(current, _write_hint=False)
+        )
 
 
 def test_checker_catches_breaking_changes():
     v1 = {"type": "record", "name": "E", "fields": [{"name": "a", "type": "int"}]}
-    added_with_default = {"type": "record", "name": "E", "fields": [{"name": "a", "type": "long"},
-                                                                     {"name": "b", "type": "string", "default": ""}]}
-    added_without_default = {"type": "record", "name": "E", "fields": [{"name": "a", "type": "int"},
-                                                                        {"name": "b", "type": "string"}]}
+    added_with_default = {
+        "type": "record",
+        "name": "E",
+        "fields": [{"name": "a", "type": "long"}, {"name": "b", "type": "string", "default": ""}],
+    }
+    added_without_default = {
+        "type": "record",
+        "name": "E",
+        "fields": [{"name": "a", "type": "int"}, {"name": "b", "type": "string"}],
+    }
     narrowed = {"type": "record", "name": "E", "fields": [{"name": "a", "type": "string"}]}
     assert check_backward(added_with_default, v1) == []
     assert "new field without a default" in check_backward(added_without_default, v1)[0]

@@ -67,7 +67,9 @@ def test_derived_tables(small):
         expect = (16 * (2.0 / step) + 17 * (2.0 / step + 1)) / 33
         assert loss == pytest.approx(expect)
     assert steps[0][4] == "OptimStepApplied"
-    po_steps = rm.sql("SELECT step, loss, source, noise_multiplier FROM steps WHERE client_id='c_po' ORDER BY step")[1]
+    po_steps = rm.sql(
+        "SELECT step, loss, source, noise_multiplier FROM steps WHERE client_id='c_po' ORDER BY step"
+    )[1]
     assert [(s, src) for s, _, src, _ in po_steps] == [(1, "TrainStepCompleted"), (2, "TrainStepCompleted"),
                                                        (3, "TrainStepCompleted")]  # fmt: skip
     assert po_steps[2][1] == pytest.approx(1.0) and po_steps[0][3] == 1.1
@@ -84,9 +86,14 @@ def test_derived_tables(small):
     ckpt = rm.sql("SELECT artifact_id, client_id, size, dek_id, step FROM artifacts WHERE client_id='c_po' "
                   "AND kind='checkpoint'")[1]  # fmt: skip
     assert ckpt == [("art_c_po_ckpt1", "c_po", 4097, "dek_A_0", 1)]
-    access = rm.sql("SELECT action, source_event FROM artifact_access WHERE artifact_id='art_c_po_ckpt1' ORDER BY ts")[1]
+    access = rm.sql(
+        "SELECT action, source_event FROM artifact_access WHERE artifact_id='art_c_po_ckpt1' ORDER BY ts"
+    )[1]
     assert access == [("put", "StateSaved"), ("get", "ArtifactAccessed"), ("get", "StateLoaded")]
-    assert rm.sql("SELECT dataset_id, num_records FROM datasets ORDER BY 1")[1] == [("ds_c_b", 1000), ("ds_c_po", 1000)]
+    assert rm.sql("SELECT dataset_id, num_records FROM datasets ORDER BY 1")[1] == [
+        ("ds_c_b", 1000),
+        ("ds_c_po", 1000),
+    ]
 
     keys = rm.sql("SELECT tenant_id, action, count FROM keys ORDER BY tenant_id, seq")[1]
     assert keys == [("A", "kek_created", None), ("A", "dek_created", None), ("A", "dek_created", None),
@@ -94,15 +101,21 @@ def test_derived_tables(small):
                     ("B", "dek_created", None), ("B", "rotated", 2), ("B", "shredded", 2)]  # fmt: skip
 
     # ciphertext stays ciphertext: bytes fields are hex in payload_json
-    (payload,) = rm.sql("SELECT payload_json FROM ledger_events WHERE client_id='c_po' AND event_type='SampleCompleted'")[1][0]
+    (payload,) = rm.sql(
+        "SELECT payload_json FROM ledger_events WHERE client_id='c_po' AND event_type='SampleCompleted'"
+    )[1][0]
     sample = json.loads(payload)
     assert len(bytes.fromhex(sample["prompts_ciphertext"])) == 40
     cats = dict(rm.sql("SELECT category, count(*) FROM audit_entries GROUP BY 1")[1])
     assert cats["key"] == 9 and cats["ledger"] == 2 and cats["privacy"] == 3
-    summary = rm.sql("SELECT summary FROM audit_entries WHERE action='BudgetRefused' AND client_id='c_po'")[1][0][0]
+    summary = rm.sql("SELECT summary FROM audit_entries WHERE action='BudgetRefused' AND client_id='c_po'")[
+        1
+    ][0][0]
     assert summary.startswith("refused step 4: epsilon would be 8.5 > target 8.0")
 
-    state = rm.sql("SELECT partition, next_seq, last_offset, epoch, rejected FROM projection_state ORDER BY 1")[1]
+    state = rm.sql(
+        "SELECT partition, next_seq, last_offset, epoch, rejected FROM projection_state ORDER BY 1"
+    )[1]
     assert state == [(0, len(small[0]), len(small[0]) - 1, 1, 0), (1, len(small[1]), len(small[1]) - 1, 1, 0)]
 
 
@@ -149,7 +162,9 @@ def test_duplicate_and_stale_records_are_skipped_not_projected(small):
     res = rm.apply(_records(0, [*raws, dup, claim, zombie]))
     assert res.applied == 11 and res.rejected == {"duplicate": 1, "stale_epoch": 1}
     assert rm.count("ledger_events") == 11
-    assert rm.sql("SELECT next_seq, epoch, last_offset, rejected FROM projection_state")[1] == [(11, 2, 12, 2)]
+    assert rm.sql("SELECT next_seq, epoch, last_offset, rejected FROM projection_state")[1] == [
+        (11, 2, 12, 2)
+    ]
     assert rm.sql("SELECT count(*) FROM ledger_events WHERE command_id = 'late'")[1] == [(0,)]
 
 
